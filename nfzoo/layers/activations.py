@@ -1,0 +1,48 @@
+"""Gamma-scaled activations of the NF-ResNet and NFNet papers (Brock et al. 2021).
+
+Each nonlinearity g is multiplied by gamma = 1 / sqrt(Var[g(z)]) for z ~ N(0, 1), so that a
+unit-variance input gives a unit-variance output and signal propagation holds without
+normalization layers. The constants are DeepMind's published values.
+"""
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+__all__ = ["NONLINEARITIES", "GAMMA", "GammaAct"]
+
+NONLINEARITIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,  # exact (erf) GELU, timm's choice
+    "gelu_tanh": partial(F.gelu, approximate="tanh"),  # jax.nn.gelu's default, DeepMind's choice
+    "relu": F.relu,
+    "silu": F.silu,
+}
+
+GAMMA: dict[str, float] = {
+    "gelu": 1.7015043497085571,
+    "gelu_tanh": 1.7015043497085571,  # DeepMind computed the constant for their (tanh) GELU
+    "relu": 1.7139588594436646,
+    "silu": 1.7881293296813965,
+}
+
+
+class GammaAct(nn.Module):
+    """``gamma * g(x)``: a nonlinearity rescaled to preserve variance (see module docstring)."""
+
+    def __init__(self, name: str = "gelu_tanh", gamma: float | None = None):
+        super().__init__()
+        if name not in NONLINEARITIES:
+            raise ValueError(f"unknown activation {name!r}; choose one of {sorted(NONLINEARITIES)}")
+        self.name = name
+        self.fn = NONLINEARITIES[name]
+        self.gamma = GAMMA[name] if gamma is None else gamma
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fn(x) * self.gamma
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, gamma={self.gamma}"

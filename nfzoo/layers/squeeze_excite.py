@@ -1,0 +1,28 @@
+"""Squeeze-and-excite as DeepMind's NFNets define it (Brock et al. 2021, arXiv 2102.06171).
+
+Global average pool -> linear -> ReLU -> linear -> ``2 * sigmoid``. The factor 2 keeps the
+expected output scale at 1 (sigmoid of a zero-mean input averages 0.5), which the
+normalizer-free signal propagation relies on. The linears are 1x1 convs so that the parameter
+layout matches timm's ``dm_nfnet`` checkpoints.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+
+__all__ = ["SqueezeExcite"]
+
+
+class SqueezeExcite(nn.Module):
+    def __init__(self, channels: int, hidden: int):
+        super().__init__()
+        self.fc1 = nn.Conv2d(channels, hidden, 1)
+        self.fc2 = nn.Conv2d(hidden, channels, 1)
+
+    def gate(self, x: torch.Tensor) -> torch.Tensor:
+        """The per-channel multiplier ``2 * sigmoid(...)``, shaped (N, C, 1, 1)."""
+        s = x.mean((2, 3), keepdim=True)
+        return 2.0 * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gate(x)

@@ -1,0 +1,37 @@
+"""Registering zoo models with timm.
+
+Naming policy: nfzoo never replaces a timm name that has pretrained weights in timm. It does
+replace, on purpose, timm names that have none (timm's weightless ``nfnet_f0`` ... ``nfnet_f7``),
+so that ``timm.create_model('nfnet_f0', pretrained=True)`` gives the paper's model. timm would
+warn on each such overwrite; we clear the old entry first, so that the replacement is silent
+and is recorded in :data:`REPLACED_TIMM_MODELS` instead.
+"""
+from __future__ import annotations
+
+from typing import Callable, TypeVar
+
+from timm.models import _registry as timm_registry
+
+__all__ = ["register_zoo_model", "REPLACED_TIMM_MODELS", "ZOO_MODELS"]
+
+F = TypeVar("F", bound=Callable)
+
+REPLACED_TIMM_MODELS: set[str] = set()
+ZOO_MODELS: set[str] = set()
+
+
+def register_zoo_model(fn: F) -> F:
+    """``timm.models.register_model`` for nfzoo, enforcing the naming policy above."""
+    name = fn.__name__
+    previous = timm_registry._model_entrypoints.get(name)
+    if previous is not None and not previous.__module__.startswith("nfzoo."):
+        if name in timm_registry._model_has_pretrained:
+            raise RuntimeError(
+                f"nfzoo must not replace timm's {name!r}: timm has pretrained weights for it. "
+                "Give the nfzoo model another name.")
+        timm_registry._clear_model_entries(name)
+        REPLACED_TIMM_MODELS.add(name)
+    elif previous is not None:  # the same nfzoo module imported again (e.g. importlib.reload)
+        timm_registry._clear_model_entries(name)
+    ZOO_MODELS.add(name)
+    return timm_registry.register_model(fn)

@@ -1,0 +1,83 @@
+"""The weights manifest (``weights/manifest.toml``): the one place that states, for every
+pretrained tag, where its weights are, what format they came in and what they score."""
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, fields
+from functools import cache
+from importlib.resources import files
+from typing import Any
+
+__all__ = ["Checkpoint", "manifest", "checkpoint", "pretrained_cfg"]
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    name: str
+    source_url: str
+    source_format: str
+    publish_repo: str
+    test_size: int
+    crop_pct: float
+    crop_mode: str
+    interpolation: str
+    license: str
+    paper: str
+    hf_hub_id: str | None = None
+    url: str | None = None
+    sha256: str | None = None
+    source_sha256: str | None = None
+    top1: float | None = None
+    top5: float | None = None
+    accuracy_source: str | None = None
+
+    @property
+    def model(self) -> str:
+        return self.name.split(".", 1)[0]
+
+    @property
+    def tag(self) -> str:
+        return self.name.split(".", 1)[1]
+
+
+@cache
+def manifest() -> dict[str, Checkpoint]:
+    """Every checkpoint of the zoo, keyed by ``"<model>.<tag>"``."""
+    data = tomllib.loads(files("nfzoo.weights").joinpath("manifest.toml").read_text())
+    known = {f.name for f in fields(Checkpoint)}
+    out = {}
+    for entry in data["checkpoint"]:
+        unknown = set(entry) - known
+        if unknown:
+            raise ValueError(f"manifest entry {entry.get('name')!r} has unknown fields {sorted(unknown)}")
+        ckpt = Checkpoint(**entry)
+        out[ckpt.name] = ckpt
+    return out
+
+
+def checkpoint(name: str) -> Checkpoint:
+    """The manifest entry for ``"<model>.<tag>"``, with an error listing the known tags."""
+    try:
+        return manifest()[name]
+    except KeyError:
+        known = sorted(n for n in manifest() if n.startswith(name.split(".", 1)[0] + "."))
+        raise KeyError(f"no checkpoint {name!r} in the nfzoo manifest; known for this model: {known or 'none'}") from None
+
+
+def pretrained_cfg(name: str, **cfg: Any) -> dict[str, Any]:
+    """A timm pretrained cfg for ``name``: the given defaults overlaid with the manifest's facts."""
+    c = checkpoint(name)
+    size = (3, c.test_size, c.test_size)
+    cfg.update(
+        hf_hub_id=c.hf_hub_id,
+        url=c.url or "",
+        test_input_size=size if cfg.get("input_size", size) != size else None,
+        input_size=cfg.get("input_size", size),
+        crop_pct=c.crop_pct,
+        crop_mode=c.crop_mode,
+        interpolation=c.interpolation,
+        license=c.license,
+        paper_ids=c.paper,
+        origin_url=c.source_url,
+    )
+    return {k: v for k, v in cfg.items() if v is not None}
