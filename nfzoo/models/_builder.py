@@ -1,0 +1,27 @@
+"""The one path from a zoo entry point to a built (and, if asked, pretrained) model."""
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch.nn as nn
+from timm.models import build_model_with_cfg
+
+__all__ = ["build_zoo_model"]
+
+
+def build_zoo_model(
+    model_cls: type[nn.Module],
+    variant: str,
+    pretrained: bool,
+    *,
+    checkpoint_filter: Callable[[dict, nn.Module], dict] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build ``model_cls`` through timm's ``build_model_with_cfg``.
+
+    Every zoo family goes through here, so pretrained loading (checkpoint filters, verified
+    downloads) behaves the same for all of them. ``kwargs`` are passed to
+    ``build_model_with_cfg`` (``model_cfg``, ``feature_cfg``, model arguments ...).
+    """
+    return build_model_with_cfg(
+        model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter, **kwargs)
