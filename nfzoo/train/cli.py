@@ -1,0 +1,94 @@
+"""``python -m nfzoo.train``: train a timm / nfzoo model with the NFNet recipe.
+
+    python -m nfzoo.train --model nf_resnet26 --dataset fashion_mnist --epochs 10 --batch-size 128
+    torchrun --nproc_per_node 8 -m nfzoo.train --model nfnet_f0 --dataset folder --data-dir /data/imagenet \\
+        --drop-rate 0.2 --drop-path-rate 0.25 --amp bf16 --output-dir runs/f0
+
+Every field of :class:`~nfzoo.train.config.TrainConfig` is a flag (``--agc-clip none`` turns
+AGC off). Rerunning the same command after a kill resumes from ``<output-dir>/last.pth``.
+"""
+from __future__ import annotations
+
+import argparse
+from dataclasses import fields
+from typing import Callable, Sequence
+
+import timm
+import torch
+from timm.data import create_transform, resolve_data_config
+from torch.utils.data import Dataset
+from torchvision.datasets import ImageFolder
+
+import nfzoo  # noqa: F401  (registers the zoo's models with timm)
+
+from .config import TrainConfig
+from .data import FASHION_MNIST_CLASSES, fashion_mnist
+from .distributed import init_distributed
+from .trainer import Trainer
+
+__all__ = ["main", "build_parser"]
+
+
+def _flag_type(annotation: str) -> Callable[[str], object]:
+    base = float if "float" in annotation else int if "int" in annotation else str
+    if "None" not in annotation:
+        return base
+    return lambda s: None if s.lower() == "none" else base(s)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m nfzoo.train", description=__doc__.split("\n\n")[0],
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--model", required=True, help="any timm model name (after `import nfzoo`)")
+    p.add_argument("--dataset", choices=("fashion_mnist", "folder"), default="fashion_mnist",
+                   help="'folder': <data-dir>/train and <data-dir>/val in ImageFolder layout")
+    p.add_argument("--data-dir", default=None, help="the dataset's folder (Fashion-MNIST: the Debian package's)")
+    p.add_argument("--train-limit", type=int, default=None, help="use only the first N training images")
+    p.add_argument("--img-size", type=int, default=None, help="training resolution (folder datasets)")
+    p.add_argument("--drop-rate", type=float, default=None, help="dropout before the classifier")
+    p.add_argument("--drop-path-rate", type=float, default=None, help="stochastic depth rate")
+    p.add_argument("--pretrained", action="store_true")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(f.default, bool):
+            p.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default)
+        else:
+            p.add_argument(flag, type=_flag_type(str(f.type)), default=f.default)
+    return p
+
+
+def _model_kwargs(args: argparse.Namespace) -> dict:
+    kwargs = {"pretrained": args.pretrained}
+    if args.drop_rate is not None:
+        kwargs["drop_rate"] = args.drop_rate
+    if args.drop_path_rate is not None:
+        kwargs["drop_path_rate"] = args.drop_path_rate
+    return kwargs
+
+
+def _datasets(args: argparse.Namespace, model_name: str, kwargs: dict) -> tuple[torch.nn.Module, Dataset, Dataset]:
+    if args.dataset == "fashion_mnist":
+        model = timm.create_model(model_name, num_classes=len(FASHION_MNIST_CLASSES), in_chans=1, **kwargs)
+        return (model, fashion_mnist("train", args.data_dir, args.train_limit), fashion_mnist("test", args.data_dir))
+    if args.data_dir is None:
+        raise SystemExit("--dataset folder needs --data-dir (holding train/ and val/ class folders)")
+    train_set = ImageFolder(f"{args.data_dir}/train")
+    model = timm.create_model(model_name, num_classes=len(train_set.classes), **kwargs)
+    data_cfg = resolve_data_config({"input_size": (3, args.img_size, args.img_size)} if args.img_size else {}, model=model)
+    train_set.transform = create_transform(**data_cfg, is_training=True)
+    eval_set = ImageFolder(f"{args.data_dir}/val", transform=create_transform(**resolve_data_config({}, model=model)))
+    if args.train_limit is not None:
+        train_set = torch.utils.data.Subset(train_set, range(min(args.train_limit, len(train_set))))
+    return model, train_set, eval_set
+
+
+def main(argv: Sequence[str] | None = None) -> dict:
+    args = build_parser().parse_args(argv)
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
+    env = init_distributed()
+    torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
+    model, train_set, eval_set = _datasets(args, args.model, _model_kwargs(args))
+    result = Trainer(model, train_set, cfg, eval_set, env=env).fit()
+    if env.is_main:
+        print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
+    return result

@@ -1,0 +1,52 @@
+"""The training configuration; defaults are the NFNet recipe (REFERENCE: Brock et al. 2021, §1)."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["TrainConfig"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a run depends on. ``lr`` is derived from ``base_lr`` by linear scaling.
+
+    Defaults follow the NFNet paper: SGD with Nesterov momentum 0.9, lr 0.1 x batch / 256 with
+    5 warmup epochs then cosine decay, weight decay 2e-5 except on gains and biases, AGC with
+    clip 0.01 on every parameter but the classifier, label smoothing 0.1, EMA of the weights.
+    """
+
+    epochs: int = 360
+    batch_size: int = 256  # per process; the global batch is batch_size x world size
+    base_lr: float = 0.1  # lr = base_lr x global batch / 256
+    lr: float | None = None  # overrides the linear scaling
+    warmup_epochs: float = 5.0
+    min_lr: float = 0.0
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 2e-5
+    agc_clip: float | None = 0.01  # None or 0 disables Adaptive Gradient Clipping
+    label_smoothing: float = 0.1
+    ema_decay: float | None = 0.99999  # None disables the EMA
+    amp: Literal["none", "bf16", "fp16"] = "none"
+    seed: int = 0
+    output_dir: str = "runs/train"
+    resume: str | None = "auto"  # 'auto': output_dir/last.pth if it exists; a path; None: start fresh
+    ckpt_every: int = 500  # steps between checkpoints (also at every epoch end); 0: epoch ends only
+    log_every: int = 50  # steps between training-metric lines
+    eval_every: int = 1  # epochs between evaluations (0: none)
+    num_workers: int = 0
+    progress: bool = True
+    stop_on_nonfinite: bool = True  # end the run (marked diverged) at a non-finite loss
+
+    def __post_init__(self):
+        if self.amp not in ("none", "bf16", "fp16"):
+            raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
+
+    def learning_rate(self, world_size: int) -> float:
+        """The peak learning rate for this global batch."""
+        if self.lr is not None:
+            return self.lr
+        return self.base_lr * self.batch_size * world_size / 256

@@ -1,0 +1,101 @@
+"""Datasets and the resumable, rank-aware batch order.
+
+Fashion-MNIST (Xiao et al. 2017) comes from Debian's ``dataset-fashion-mnist`` package, which
+puts the four IDX files under ``/usr/share/datasets/fashion-mnist``.
+"""
+from __future__ import annotations
+
+import gzip
+import os
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import Sampler, TensorDataset
+
+__all__ = ["FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "fashion_mnist", "read_idx", "ResumableBatchSampler"]
+
+FASHION_MNIST_DIR = Path(os.environ.get("NFZOO_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
+                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
+_FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{}-ubyte.gz"}
+_MEAN, _STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
+
+
+def read_idx(path: str | os.PathLike) -> np.ndarray:
+    """Read an IDX file (LeCun's MNIST format: magic 0x0000 | type 0x08 | ndim, big-endian dims,
+    uint8 data), gzipped or not."""
+    opener = gzip.open if str(path).endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] != 0x08:
+        raise ValueError(f"{path} is not an unsigned-byte IDX file")
+    ndim = raw[3]
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">u4", count=ndim, offset=4))
+    data = np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim)
+    if data.size != int(np.prod(dims)):
+        raise ValueError(f"{path}: header says {dims} but holds {data.size} values (truncated?)")
+    return data.reshape(dims)
+
+
+def fashion_mnist(split: str = "train", root: str | os.PathLike | None = None,
+                  limit: int | None = None) -> TensorDataset:
+    """Fashion-MNIST as a ``TensorDataset`` of normalized (N, 1, 28, 28) float images and labels.
+
+    ``limit`` keeps the first ``limit`` images (the files are class-balanced throughout).
+    """
+    if split not in _FILES:
+        raise ValueError(f"split must be 'train' or 'test', got {split!r}")
+    root = Path(root) if root is not None else FASHION_MNIST_DIR
+    images_path = root / _FILES[split].format("images", 3)
+    labels_path = root / _FILES[split].format("labels", 1)
+    if not images_path.is_file() or not labels_path.is_file():
+        raise FileNotFoundError(
+            f"Fashion-MNIST not found: expected {images_path.name} and {labels_path.name} in {root}. "
+            "Install it with `sudo apt-get install dataset-fashion-mnist` (Debian/Ubuntu), or point "
+            "--data-dir (or NFZOO_FASHION_MNIST) at a folder holding the four *-ubyte.gz files.")
+    images, labels = read_idx(images_path), read_idx(labels_path)
+    if len(images) != len(labels):
+        raise ValueError(f"{root}: {len(images)} images but {len(labels)} labels")
+    images, labels = images[:limit], labels[:limit]
+    x = (torch.from_numpy(images.copy()).float().div_(255).sub_(_MEAN).div_(_STD)).unsqueeze(1)
+    return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
+
+
+class ResumableBatchSampler(Sampler[list[int]]):
+    """Batches of indices in an order fixed by (seed, epoch), split across ranks, that can start
+    at any batch of an epoch: the data position a checkpoint records is (epoch, batch).
+
+    Each epoch draws a permutation from ``seed + epoch``; rank r takes every world_size-th index.
+    The last incomplete global batch is dropped so that every rank makes the same number of
+    steps.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
+        self.num_samples = num_samples
+        self.batch_size = batch_size
+        self.seed = seed
+        self.rank = rank
+        self.world_size = world_size
+        self.epoch = 0
+        self.start_batch = 0
+        if len(self) == 0:
+            raise ValueError(f"{num_samples} samples make no full batch of {batch_size} x {world_size} ranks; "
+                             "lower the batch size or use more data")
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch = epoch
+        self.start_batch = start_batch
+
+    def batches_per_epoch(self) -> int:
+        return self.num_samples // (self.batch_size * self.world_size)
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() - self.start_batch
+
+    def __iter__(self) -> Iterator[list[int]]:
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(self.num_samples, generator=g)[self.rank::self.world_size].tolist()
+        for b in range(self.start_batch, self.batches_per_epoch()):
+            yield order[b * self.batch_size:(b + 1) * self.batch_size]
