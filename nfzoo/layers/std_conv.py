@@ -12,6 +12,13 @@ Two families live here, because their numerics differ and pretrained weights dep
 Statistics are always computed in float32 (a bf16 or fp16 weight would lose the variance or
 overflow ``var * fan_in``); the standardized weight is returned in the parameter's dtype and
 autocast casts it for the convolution as it would the raw weight.
+
+Inference fast path: in eval mode with gradients disabled, the standardized weight is computed
+once and reused until a parameter of the conv changes (its version counter, storage, dtype or
+device; in-place updates through ``.data`` bypass the version counter, but ``.train()`` /
+``.eval()`` always drop the cache). Training, autograd, ``torch.compile`` and tracing always
+recompute it, so gradients and compiled graphs are exact and free of graph breaks. For export,
+:func:`nfzoo.fuse` bakes the standardized weights into plain convolutions.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.padding import get_padding_value, pad_same
 
-__all__ = ["ScaledStdConv2d", "WSConv1d", "WSConv2d", "WSConv3d", "StdNumerics", "WSEps"]
+__all__ = ["ScaledStdConv2d", "WSConv1d", "WSConv2d", "WSConv3d", "StdNumerics", "WSEps", "is_weight_standardized"]
 
 StdNumerics = Literal["deepmind", "timm"]
 WSEps = Literal["std", "var"]
@@ -37,7 +44,31 @@ def _fan_in_stats(weight: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, t
     return mean, var
 
 
-class ScaledStdConv2d(nn.Conv2d):
+class _InferenceWeightCache:
+    """Mixin for a conv with a ``standardized_weight()``: the weight its forward convolves."""
+
+    def forward_weight(self) -> torch.Tensor:
+        """``standardized_weight()``, cached while in inference (eval mode, grad disabled)."""
+        if (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or torch.jit.is_tracing()):
+            return self.standardized_weight()
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self._parameters.values() if p is not None)
+        cached = self.__dict__.get("_inference_weight")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_inference_weight"] = (key, self.standardized_weight())
+        return cached[1]
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_inference_weight", None)
+        return super().train(mode)
+
+
+def is_weight_standardized(module: nn.Module) -> bool:
+    """True for the zoo's weight-standardized convs (which :func:`nfzoo.fuse` replaces)."""
+    return isinstance(module, _InferenceWeightCache)
+
+
+class ScaledStdConv2d(_InferenceWeightCache, nn.Conv2d):
     """Conv2d with Scaled Weight Standardization, a learnable per-channel gain and a bias.
 
     Paper: Brock et al., "Characterizing signal propagation to close the performance gap in
@@ -92,14 +123,14 @@ class ScaledStdConv2d(nn.Conv2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_same_pad:
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return self._conv_forward(x, self.standardized_weight(), self.bias)
+        return self._conv_forward(x, self.forward_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", numerics={self.numerics}, eps={self.eps}" + (
             ", padding=same(dynamic)" if self.dynamic_same_pad else "")
 
 
-class _WSConvMixin:
+class _WSConvMixin(_InferenceWeightCache):
     """Weight Standardization (Qiao et al., "Micro-Batch Training with Batch-Channel
     Normalization and Weight Standardization", arXiv 1903.10520) for a torch ``_ConvNd``.
 
@@ -129,7 +160,7 @@ class _WSConvMixin:
         return w.to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.standardized_weight(), self.bias)
+        return self._conv_forward(x, self.forward_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", eps={self.eps}, eps_in={self.eps_in}"
