@@ -37,11 +37,66 @@ WSEps = Literal["std", "var"]
 _EPS = {"deepmind": 1e-4, "timm": 1e-5}
 
 
+def _float(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 at least (float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _fan_in_stats(weight: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance over every dim but the first (the output channel), in float32."""
-    w = weight.float().flatten(1)
+    """Mean and variance over every dim but the first (the output channel), in float32 or wider."""
+    w = _float(weight).flatten(1)
     var, mean = torch.var_mean(w, dim=1, correction=int(unbiased and w.shape[1] > 1), keepdim=True)
     return mean, var
+
+
+def _scaled_std(weight: torch.Tensor, numerics: StdNumerics, eps: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per output channel, in float32: the flattened weight, its mean, the scale ``s`` with
+    ``W_hat = gain * (W - mean) * s``, and 1 where ``s`` depends on the variance (0 where
+    DeepMind's ``max(var * fan_in, eps)`` clamps it to a constant)."""
+    mean, var = _fan_in_stats(weight, unbiased=False)
+    fan_in = weight[0].numel()
+    if numerics == "deepmind":
+        var_fan_in = var * fan_in
+        return _float(weight).flatten(1), mean, torch.rsqrt(torch.clamp(var_fan_in, min=eps)), (var_fan_in > eps).to(var.dtype)
+    return _float(weight).flatten(1), mean, torch.rsqrt(var + eps) * fan_in**-0.5, torch.ones_like(var)
+
+
+class _ScaledStandardize(torch.autograd.Function):
+    """Scaled WS, ``gain * (W - mean) * s``, with an analytic backward that recomputes the
+    statistics from the weight instead of keeping weight-sized intermediates alive: training
+    holds no more than the standardized weight the conv itself saves (as timm's batch-norm
+    formulation does), whatever the numerics.
+
+    With ``x = (W - mean) * s``, ``G`` the incoming gradient and ``n`` the fan-in,
+    ``d gain = sum(G * x)`` and ``dW = s * gain * (G - mean(G)) - k * s * x * gain * d gain``
+    where ``k`` is 0 for a clamped (constant) ``s`` and 1 otherwise (``ds/dvar = -n s^3 / 2``).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, gain: torch.Tensor, numerics: StdNumerics, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(weight, gain)
+        ctx.numerics, ctx.eps = numerics, eps
+        w, mean, scale, _ = _scaled_std(weight, numerics, eps)
+        scale = scale.view_as(gain) * _float(gain)
+        return ((w.view_as(weight) - mean.view_as(gain)) * scale).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, gain = ctx.saved_tensors
+        w, mean, s, k = _scaled_std(weight, ctx.numerics, ctx.eps)
+        g = _float(gain).view(-1, 1)
+        d = _float(grad).flatten(1)
+        sum_d = d.sum(1, keepdim=True)
+        dot = torch.bmm(d.unsqueeze(1), w.unsqueeze(2)).view(-1, 1)  # sum(G * W), no temporary
+        grad_gain = s * (dot - mean * sum_d)  # sum(G * x)
+        a = s * g
+        b = -k * s * a * grad_gain
+        c = -a * sum_d / w.shape[1] - b * mean
+        grad_weight = torch.addcmul(c, d, a).addcmul_(w, b)  # a * G + b * W + c
+        return (grad_weight.view_as(weight).to(weight.dtype) if ctx.needs_input_grad[0] else None,
+                grad_gain.view_as(gain).to(gain.dtype) if ctx.needs_input_grad[1] else None,
+                None, None)
 
 
 class _InferenceWeightCache:
@@ -111,14 +166,7 @@ class ScaledStdConv2d(_InferenceWeightCache, nn.Conv2d):
 
     def standardized_weight(self) -> torch.Tensor:
         """The weight actually convolved: standardized, scaled by the gain, in the weight's dtype."""
-        mean, var = _fan_in_stats(self.weight, unbiased=False)
-        fan_in = self.weight[0].numel()
-        if self.numerics == "deepmind":
-            scale = torch.rsqrt(torch.clamp(var * fan_in, min=self.eps))
-        else:
-            scale = torch.rsqrt(var + self.eps) * fan_in**-0.5
-        scale = scale.view_as(self.gain) * self.gain.float()
-        return ((self.weight.float() - mean.view_as(self.gain)) * scale).to(self.weight.dtype)
+        return _ScaledStandardize.apply(self.weight, self.gain, self.numerics, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_same_pad:
