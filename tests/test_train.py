@@ -205,9 +205,9 @@ def test_cli_resumes_after_sigkill(tmp_path):
     from nfzoo.train.cli import main
 
     write_fake_fashion_mnist(tmp_path)
-    args = ["--model", "resnet10t", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path), "--epochs", "2",
+    args = ["--model", "test_nfnet", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path), "--epochs", "2",
             "--batch-size", "8", "--lr", "0.05", "--warmup-epochs", "0.5", "--ema-decay", "0.9",
-            "--drop-rate", "0.2", "--ckpt-every", "1", "--no-progress"]
+            "--drop-rate", "0.2", "--drop-path-rate", "0.1", "--ckpt-every", "1", "--log-every", "1", "--no-progress"]
     killed_dir = tmp_path / "killed"
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.Popen([sys.executable, "-m", "nfzoo.train", *args, "--output-dir", str(killed_dir)],

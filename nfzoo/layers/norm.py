@@ -15,6 +15,9 @@ import torch.nn as nn
 from timm.layers import GroupNorm
 
 from .bcn import BatchChannelNorm2d
+from .norms import (
+    BatchInstanceNorm2d, BatchRenorm2d, SwitchableNorm2d, instance_norm, layer_norm, weight_norm_conv2d,
+)
 from .std_conv import WSConv2d
 
 __all__ = ["NormChoice", "NORMS", "register_norm", "get_norm"]
@@ -78,3 +81,11 @@ register_norm("bcn_ws", NormChoice(
 register_norm("bcn_ws_est", NormChoice(
     partial(BatchChannelNorm2d, batch_stats="estimate"), partial(WSConv2d, eps_in="var"), num_groups=32,
     description="BCN with estimated batch statistics (micro-batch training) + Weight Standardization"))
+# The rest of the batch-size ablation (nfzoo.layers.norms; each class names its paper).
+register_norm("ln", NormChoice(layer_norm, description="LayerNorm (GroupNorm with one group)"))
+register_norm("in", NormChoice(instance_norm, description="InstanceNorm (one channel per group), affine"))
+register_norm("brn", NormChoice(BatchRenorm2d, description="Batch Renormalization (r_max 3, d_max 5)"))
+register_norm("bin", NormChoice(BatchInstanceNorm2d, description="Batch-Instance Normalization"))
+register_norm("sn", NormChoice(SwitchableNorm2d, description="Switchable Normalization (IN, LN, BN)"))
+register_norm("wn", NormChoice(nn.Identity, weight_norm_conv2d,
+                               description="Weight Normalization on the convs, no activation normalization"))

@@ -3,7 +3,7 @@
 Each takes the channel count first, like ``nn.BatchNorm2d``. Where torch already has the layer
 it is reused: LayerNorm over (C, H, W) is ``nn.GroupNorm(1, C)`` and InstanceNorm with a
 per-channel affine is ``nn.GroupNorm(C, C)`` (:func:`layer_norm`, :func:`instance_norm`), and
-Weight Normalization is ``torch.nn.utils.parametrizations.weight_norm`` (:func:`weight_norm_convs`).
+Weight Normalization is ``torch.nn.utils.parametrizations.weight_norm`` (:func:`weight_norm_conv2d`).
 The three written here have no torch counterpart:
 
 * :class:`BatchRenorm2d` -- Ioffe, "Batch Renormalization" (NeurIPS 2017, arXiv 1702.03275).
@@ -23,26 +23,31 @@ import torch.nn.functional as F
 
 __all__ = [
     "BatchRenorm2d", "BatchInstanceNorm2d", "SwitchableNorm2d",
-    "layer_norm", "instance_norm", "weight_norm_convs", "clamp_gates_",
+    "layer_norm", "instance_norm", "weight_norm_conv2d", "weight_norm_convs", "clamp_gates_",
 ]
 
 
-def layer_norm(num_channels: int, eps: float = 1e-5) -> nn.GroupNorm:
+def layer_norm(num_channels: int, eps: float = 1e-5, **kwargs) -> nn.GroupNorm:
     """Layer Normalization (Ba et al. 2016, arXiv 1607.06450) of a conv feature map: statistics over
     (C, H, W) per sample, per-channel affine -- GroupNorm with one group, as in the GN paper."""
-    return nn.GroupNorm(1, num_channels, eps=eps)
+    return nn.GroupNorm(1, num_channels, eps=eps, **kwargs)
 
 
-def instance_norm(num_channels: int, eps: float = 1e-5) -> nn.GroupNorm:
+def instance_norm(num_channels: int, eps: float = 1e-5, **kwargs) -> nn.GroupNorm:
     """Instance Normalization (Ulyanov et al. 2016, arXiv 1607.08022): statistics over (H, W) per
     sample and channel, per-channel affine -- GroupNorm with one channel per group."""
-    return nn.GroupNorm(num_channels, num_channels, eps=eps)
+    return nn.GroupNorm(num_channels, num_channels, eps=eps, **kwargs)
+
+
+def weight_norm_conv2d(*args, **kwargs) -> nn.Conv2d:
+    """An ``nn.Conv2d`` (same arguments) with Weight Normalization (Salimans & Kingma 2016,
+    arXiv 1602.07868): ``W = g * V / ||V||`` per output channel, through torch's parametrization."""
+    return nn.utils.parametrizations.weight_norm(nn.Conv2d(*args, **kwargs), name="weight", dim=0)
 
 
 def weight_norm_convs(model: nn.Module) -> nn.Module:
-    """Weight Normalization (Salimans & Kingma 2016, arXiv 1602.07868) on every conv of ``model``:
-    ``W = g * V / ||V||`` per output channel, through torch's parametrization. In place; returns
-    the model."""
+    """Weight Normalization on every ``nn.Conv2d`` of ``model`` (see :func:`weight_norm_conv2d`),
+    keeping the function it computes. In place; returns the model."""
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
             nn.utils.parametrizations.weight_norm(module, name="weight", dim=0)
@@ -52,16 +57,17 @@ def weight_norm_convs(model: nn.Module) -> nn.Module:
 class _RunningStats(nn.Module):
     """Per-channel affine and running statistics shared by the batch-dependent norms here."""
 
-    def __init__(self, num_channels: int, eps: float, momentum: float):
+    def __init__(self, num_channels: int, eps: float, momentum: float, device=None, dtype=None):
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
         self.momentum = momentum
-        self.weight = nn.Parameter(torch.ones(num_channels))
-        self.bias = nn.Parameter(torch.zeros(num_channels))
-        self.register_buffer("running_mean", torch.zeros(num_channels))
-        self.register_buffer("running_var", torch.ones(num_channels))
-        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long))
+        dd = {"device": device, "dtype": dtype}
+        self.weight = nn.Parameter(torch.ones(num_channels, **dd))
+        self.bias = nn.Parameter(torch.zeros(num_channels, **dd))
+        self.register_buffer("running_mean", torch.zeros(num_channels, **dd))
+        self.register_buffer("running_var", torch.ones(num_channels, **dd))
+        self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
 
     @torch.no_grad()
     def _track(self, mean: torch.Tensor, var: torch.Tensor) -> None:
@@ -93,8 +99,8 @@ class BatchRenorm2d(_RunningStats):
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.01,
-                 r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 0):
-        super().__init__(num_channels, eps, momentum)
+                 r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 0, device=None, dtype=None):
+        super().__init__(num_channels, eps, momentum, device, dtype)
         if r_max < 1 or d_max < 0:
             raise ValueError(f"need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
         self.r_max = r_max
@@ -136,9 +142,9 @@ class BatchInstanceNorm2d(_RunningStats):
     (``nfzoo.train`` does). The batch part uses running statistics in evaluation.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1):
-        super().__init__(num_channels, eps, momentum)
-        self.rho = nn.Parameter(torch.ones(num_channels))
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype=None):
+        super().__init__(num_channels, eps, momentum, device, dtype)
+        self.rho = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)
@@ -163,10 +169,10 @@ class SwitchableNorm2d(_RunningStats):
     statistics in evaluation.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1):
-        super().__init__(num_channels, eps, momentum)
-        self.mean_weight = nn.Parameter(torch.ones(3))
-        self.var_weight = nn.Parameter(torch.ones(3))
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype=None):
+        super().__init__(num_channels, eps, momentum, device, dtype)
+        self.mean_weight = nn.Parameter(torch.ones(3, device=device, dtype=dtype))
+        self.var_weight = nn.Parameter(torch.ones(3, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check(x)

@@ -18,6 +18,7 @@ class TrainConfig:
 
     epochs: int = 360
     batch_size: int = 256  # per process; the global batch is batch_size x world size
+    micro_batch: int | None = None  # images per forward/backward (gradient accumulation); norms see this many
     base_lr: float = 0.1  # lr = base_lr x global batch / 256
     lr: float | None = None  # overrides the linear scaling
     warmup_epochs: float = 5.0

@@ -5,8 +5,8 @@ import torch
 import torch.nn as nn
 from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
-from timm.utils import adaptive_clip_grad
 
+from ..optim import adaptive_grad_clip_, classifier_parameters
 from .config import TrainConfig
 
 __all__ = ["NO_DECAY_PATTERNS", "build_optimizer", "build_scheduler", "agc_parameters", "clip_gradients"]
@@ -37,16 +37,22 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
 
 
 def agc_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every parameter AGC clips: all but the final classifier's, as in the NFNet paper."""
-    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
-    if not isinstance(classifier, nn.Module):
+    """Every parameter AGC clips: all but the final classifier's, as in the NFNet paper. The
+    classifier is the one timm's ``pretrained_cfg`` names, else ``get_classifier()``, else the
+    last ``nn.Linear``."""
+    if (getattr(model, "pretrained_cfg", None) or {}).get("classifier"):
+        head = classifier_parameters(model)
+    elif isinstance(getattr(model, "get_classifier", None) and model.get_classifier(), nn.Module):
+        head = list(model.get_classifier().parameters())
+    else:
         linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        classifier = linears[-1] if linears else None
-    skip = {id(p) for p in classifier.parameters()} if classifier is not None else set()
+        head = list(linears[-1].parameters()) if linears else []
+    skip = {id(p) for p in head}
     return [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
 
 
 def clip_gradients(parameters: list[nn.Parameter], clip: float | None) -> None:
-    """Adaptive Gradient Clipping (unit-wise, eps 1e-3) of ``parameters``' gradients, in place."""
+    """Adaptive Gradient Clipping (unit-wise, eps 1e-3; :mod:`nfzoo.optim.agc`) in place; off when
+    ``clip`` is None or 0."""
     if clip:
-        adaptive_clip_grad(parameters, clip_factor=clip, eps=1e-3)
+        adaptive_grad_clip_(parameters, clip=clip, eps=1e-3)

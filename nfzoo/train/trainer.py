@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
@@ -71,13 +72,22 @@ class Trainer:
 
     # -- one step ---------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """Forward, backward, AGC, optimizer and schedule update, EMA; returns the (detached) loss."""
+        """Forward, backward (over micro-batches if ``cfg.micro_batch``), AGC, optimizer and schedule
+        update, EMA; returns the (detached) mean loss of the batch."""
         x = x.to(self.env.device, non_blocking=True)
         y = y.to(self.env.device, non_blocking=True)
-        with torch.autocast(self.env.device.type, dtype=_AMP_DTYPES.get(self.cfg.amp), enabled=self.cfg.amp != "none"):
-            loss = self.criterion(self.net(x), y)
+        chunks = list(zip(x.split(self.cfg.micro_batch or len(x)), y.split(self.cfg.micro_batch or len(x))))
         self.optimizer.zero_grad(set_to_none=True)
-        self.scaler.scale(loss).backward()
+        total = torch.zeros((), device=self.env.device)
+        for i, (xc, yc) in enumerate(chunks):
+            # Gradients are all-reduced across ranks only on the last micro-batch.
+            sync = nullcontext() if i == len(chunks) - 1 or not self.env.enabled else self.net.no_sync()
+            with sync, torch.autocast(self.env.device.type, dtype=_AMP_DTYPES.get(self.cfg.amp),
+                                      enabled=self.cfg.amp != "none"):
+                loss = self.criterion(self.net(xc), yc) * (len(xc) / len(x))
+            with sync:
+                self.scaler.scale(loss).backward()
+            total += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
         clip_gradients(self.agc_params, self.cfg.agc_clip)
         self.scaler.step(self.optimizer)
@@ -87,7 +97,7 @@ class Trainer:
         self.scheduler.step_update(self.step)
         if self.ema is not None:
             self.ema.update(self.model, step=self.step)
-        return loss.detach()
+        return total
 
     # -- the loop ---------------------------------------------------------------------------
     def fit(self) -> dict:
