@@ -231,3 +231,38 @@ def test_cli_resumes_after_sigkill(tmp_path):
     b = comparable(load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME))
     assert a["step"] == 24
     assert_same_tree(a, b)
+
+
+def test_micro_batches_accumulate_the_full_batch_gradient(tmp_path):
+    """Without batch-dependent layers, micro-batching changes nothing but the rounding."""
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 36, 4))
+    x, y = tiny_dataset()[:16]
+    grads = []
+    for micro in (None, 4):
+        cfg = TrainConfig(epochs=1, batch_size=16, micro_batch=micro, lr=0.1, ema_decay=None, agc_clip=None,
+                          progress=False, output_dir=str(tmp_path / str(micro)))
+        trainer = Trainer(copy.deepcopy(model), tiny_dataset(), cfg)
+        loss = trainer.train_step(x, y)
+        grads.append((loss, [p.grad.clone() for p in trainer.model.parameters()]))
+    torch.testing.assert_close(grads[0][0], grads[1][0])
+    for a, b in zip(grads[0][1], grads[1][1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path):
+    """DDP on Gloo: 2 ranks x batch 8 train a normalizer-free net exactly like 1 x batch 16."""
+    write_fake_fashion_mnist(tmp_path)
+    common = ["--model", "test_nfnet", "--data-dir", str(tmp_path), "--epochs", "1", "--lr", "0.1",
+              "--warmup-epochs", "0", "--ema-decay", "none", "--no-progress", "--eval-every", "0"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                          "-m", "nfzoo.train", *common, "--batch-size", "8", "--output-dir", str(tmp_path / "ddp")],
+                         env=env, capture_output=True, text=True, timeout=600)
+    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    from nfzoo.train.cli import main
+    main([*common, "--batch-size", "16", "--output-dir", str(tmp_path / "single")])
+    a = load_checkpoint(tmp_path / "ddp" / CHECKPOINT_NAME)
+    b = load_checkpoint(tmp_path / "single" / CHECKPOINT_NAME)
+    assert a["world_size"] == 2 and a["step"] == b["step"] == 6 and len(a["rng"]) == 2
+    for k, v in b["model"].items():
+        torch.testing.assert_close(a["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
