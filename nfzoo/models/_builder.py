@@ -5,6 +5,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 from timm.models import build_model_with_cfg
+from timm.models._registry import get_arch_pretrained_cfgs
 
 __all__ = ["build_zoo_model"]
 
@@ -22,6 +23,15 @@ def build_zoo_model(
     Every zoo family goes through here, so pretrained loading (checkpoint filters, verified
     downloads) behaves the same for all of them. ``kwargs`` are passed to
     ``build_model_with_cfg`` (``model_cfg``, ``feature_cfg``, model arguments ...).
+    A pretrained tag (``create_model('name.tag')``) that the model does not have is refused
+    with the list of those it has.
     """
+    tag = kwargs.get("pretrained_cfg")
+    if isinstance(tag, str):
+        known = sorted(t for t in get_arch_pretrained_cfgs(variant) if t)
+        if tag not in known:
+            hint = (f"use one of {known}, e.g. '{variant}.{known[0]}'" if known
+                    else "no weights exist for it: create it without a tag")
+            raise ValueError(f"{variant} has no pretrained tag {tag!r}; {hint}")
     return build_model_with_cfg(
         model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter, **kwargs)
