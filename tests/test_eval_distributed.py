@@ -43,7 +43,8 @@ def test_two_gloo_processes_give_the_one_process_numbers(tmp_path):
     assert len(source) == 15
 
     single = _evaluate(source, start("cpu"))
-    mp.spawn(_worker, args=(tmp_path, 2), nprocs=2, join=True)
+    # fork: the children need not import torch and timm again (spawn costs seconds each)
+    mp.start_processes(_worker, args=(tmp_path, 2), nprocs=2, join=True, start_method="fork")
     for rank in range(2):
         multi = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert multi["images"] == single.images == 13

@@ -65,7 +65,7 @@ class ParquetSource:
                     raise EvaluationError(
                         f"{path}: labels must be class indices 0..999 (the test split, label -1, "
                         "has no labels to validate against)")
-                paths = table.column("path").to_pylist()
+                paths = [image["path"] for image in table.column("image").to_pylist()]
                 start = len(self.labels)
                 self.names += [p or f"{path.name}#{start + i}" for i, p in enumerate(paths)]
                 self.labels += labels
@@ -85,7 +85,7 @@ class ParquetSource:
         f_idx, rg, row = self.locations[index]
         if self._cached is None or self._cached[0] != (f_idx, rg):
             table = pq.ParquetFile(self.files[f_idx]).read_row_group(rg, columns=["image.bytes"])
-            self._cached = ((f_idx, rg), table.column("bytes").to_pylist())
+            self._cached = ((f_idx, rg), [image["bytes"] for image in table.column("image").to_pylist()])
         return _decode(io.BytesIO(self._cached[1][row]))
 
 
