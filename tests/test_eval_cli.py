@@ -22,13 +22,14 @@ def test_results_json_csv_and_plot(data, tmp_path, capsys):
     root, class_map = data
     args = FAST + ["--data-dir", str(root), "--class-map", str(class_map), "--plot", str(tmp_path / "plot.png")]
     assert main(args + ["--results-file", str(tmp_path / "r.json")]) == 0
-    assert main(args + ["--results-file", str(tmp_path / "r.csv")]) == 0
+    assert main(args + ["--results-file", str(tmp_path / "r.csv"), "--amp", "bf16", "--channels-last"]) == 0
     (row,) = json.loads((tmp_path / "r.json").read_text())
     assert tuple(row) == FIELDS
     assert (row["model"], row["weights"], row["images"], row["img_size"], row["device"]) == ("test_resnet", "random", 7, 32, "cpu")
     assert row["params_m"] > 0 and row["gmacs"] > 0 and row["img_per_sec"] > 0
     (csv_row,) = csv.DictReader((tmp_path / "r.csv").open())
     assert csv_row["model"] == "test_resnet" and int(csv_row["images"]) == 7
+    assert (csv_row["precision"], csv_row["channels_last"]) == ("bf16", "True")
     assert (tmp_path / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "random-init" in capsys.readouterr().out
 
@@ -36,7 +37,7 @@ def test_results_json_csv_and_plot(data, tmp_path, capsys):
 def test_embedded_dataset_runs_and_says_so(capsys):
     assert main(FAST + ["--demo-images", "3"]) == 0
     out = capsys.readouterr().out
-    assert "generated" in out and "3 images" in out
+    assert "generated random images, 3 images" in out
 
 
 def test_unreadable_image_is_counted_and_reported(data, tmp_path, capsys):

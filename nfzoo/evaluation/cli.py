@@ -36,6 +36,8 @@ IMAGENET_VAL_IMAGES = 50_000
 # on two CPU cores.
 DEMO_IMAGES = 32
 DEMO_IMG_SIZE = 128
+DEMO_BATCH_SIZE = 8
+BATCH_SIZE = 256
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,7 +65,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     pre.add_argument("--img-size", type=int, help="override the input size")
     pre.add_argument("--crop-pct", type=float, help="override the crop fraction")
     run = p.add_argument_group("run")
-    run.add_argument("--batch-size", type=int, default=256)
+    run.add_argument("--batch-size", type=int, help=f"default {BATCH_SIZE} ({DEMO_BATCH_SIZE} on the generated dataset)")
     run.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
     run.add_argument("--device", help="default: cuda (this process's LOCAL_RANK GPU) when available, else cpu")
     run.add_argument("--amp", choices=sorted(AMP_DTYPES), help="autocast precision (default: fp32)")
@@ -110,7 +112,7 @@ def _preflight(args: argparse.Namespace, names: list[str]) -> None:
 
 
 def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[str, Any], result: EvalResult,
-         params: int, macs: int, runtime: distributed.Runtime, data: str) -> dict[str, Any]:
+         options: EvalOptions, params: int, macs: int, runtime: distributed.Runtime, data: str) -> dict[str, Any]:
     pcfg = getattr(model, "pretrained_cfg", {}) or {}
     weights = _weights(args)
     entry = expected_accuracy(name) if weights != "random" else None
@@ -122,7 +124,7 @@ def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[
         images=result.images, bad_images=len(result.bad_images), img_per_sec=round(result.images_per_sec, 2),
         device=torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "cpu",
         processes=runtime.world_size, precision=args.amp or "fp32", channels_last=args.channels_last,
-        compiled=args.compile, batch_size=args.batch_size, img_size=cfg["input_size"][-1],
+        compiled=args.compile, batch_size=options.batch_size, img_size=cfg["input_size"][-1],
         crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"], interpolation=cfg["interpolation"],
         params_m=round(params / 1e6, 3), gmacs=round(macs / 1e9, 3), data=data,
     )
@@ -145,15 +147,16 @@ def run(args: argparse.Namespace) -> int:
         if args.data_dir is None:
             root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="nfzoo-demo-")))
             source = open_source(make_image_folder(root, args.demo_images, seed=args.seed))
-            source.description = f"{args.demo_images} generated images"
+            source.description = "generated random images"
             img_size = args.img_size or DEMO_IMG_SIZE
+            batch_size = args.batch_size or DEMO_BATCH_SIZE
             say(f"NOTE: no --data-dir given: validating on {args.demo_images} generated random images in "
                 f"ImageNet's folder layout at {img_size} px. This exercises the whole pipeline offline; the "
                 "accuracy it reports means nothing. Pass --data-dir for ImageNet.")
         else:
             source = open_source(args.data_dir, ground_truth=args.ground_truth, gt_meta=args.gt_meta,
                                  class_map=args.class_map)
-            img_size = args.img_size
+            img_size, batch_size = args.img_size, args.batch_size or BATCH_SIZE
         if args.check and len(source) != IMAGENET_VAL_IMAGES:
             raise EvaluationError(f"--check compares with accuracies measured on all {IMAGENET_VAL_IMAGES} ImageNet "
                                   f"validation images; {source.description} holds {len(source)}")
@@ -164,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
             say("NOTE: random-init weights (no --pretrained or --checkpoint): accuracy is at chance level; "
                 "use this for speed, not for accuracy.")
         say(f"data: {source.description}, {len(source)} images; {runtime.world_size} process(es) on {runtime.device}")
-        options = EvalOptions(batch_size=args.batch_size, workers=args.workers, amp=args.amp,
+        options = EvalOptions(batch_size=batch_size, workers=args.workers, amp=args.amp,
                               channels_last=args.channels_last, strict=args.strict, progress=not args.no_progress)
         rows = []
         for name in names:
@@ -178,7 +181,7 @@ def run(args: argparse.Namespace) -> int:
             result = evaluate(model, source, cfg, runtime, options, real)
             if result.bad_images:
                 say(f"WARNING: {len(result.bad_images)} unreadable image(s) skipped: {', '.join(result.bad_images[:10])}")
-            rows.append(_row(args, name, model, cfg, result, params, macs, runtime, source.description))
+            rows.append(_row(args, name, model, cfg, result, options, params, macs, runtime, source.description))
         if not runtime.is_main:
             return 0
         print(format_table(rows))

@@ -48,7 +48,10 @@ class ParquetSource:
     """
 
     def __init__(self, files: list[Path]):
-        import pyarrow.parquet as pq
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise EvaluationError("reading parquet shards needs pyarrow (pip install pyarrow)") from None
 
         self.files = files
         self.locations: list[tuple[int, int, int]] = []  # (file, row group, row in group)
