@@ -4,10 +4,15 @@ import json
 import re
 
 import pytest
+import timm
+import torch
+
+import nfzoo.evaluation.cli as cli
 
 from eval_helpers import odd_items, write_planted_folder
 from nfzoo.evaluation.cli import main
 from nfzoo.evaluation.report import FIELDS
+from nfzoo.weights.manifest import Checkpoint
 
 FAST = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--no-progress"]
 
@@ -102,3 +107,34 @@ def test_bad_input_gives_a_message_and_no_results(case, tmp_path, capsys, hf_cac
     assert main(args) != 0
     assert re.search(message, capsys.readouterr().err), case
     assert not results.exists() and not (results.parent.exists() and any(results.parent.iterdir()))
+
+
+@pytest.mark.parametrize("expected, status, verdict", [(0.0, 0, "pass"), (50.0, 1, "fail")])
+def test_check_against_the_manifest(data, tmp_path, monkeypatch, capsys, expected, status, verdict):
+    """--check wiring, on a stand-in for the 50,000-image set and a stand-in manifest entry."""
+    root, class_map = data
+    torch.manual_seed(1)
+    torch.save(timm.create_model("test_resnet").state_dict(), tmp_path / "weights.pth")
+    entry = Checkpoint(name="test_resnet.r160_in1k", source_url="", source_format="", publish_repo="",
+                       test_size=160, crop_pct=0.95, crop_mode="center", interpolation="bilinear", license="",
+                       paper="", top1=expected, top5=expected)
+    monkeypatch.setattr(cli, "expected_accuracy", lambda name: entry)
+    monkeypatch.setattr(cli, "IMAGENET_VAL_IMAGES", 7)
+    monkeypatch.setattr(cli, "create_model", _fail_unless_loaded(cli.create_model, tmp_path / "weights.pth"))
+    args = FAST + ["--data-dir", str(root), "--class-map", str(class_map), "--checkpoint", str(tmp_path / "weights.pth"),
+                   "--check", "--results-file", str(tmp_path / "r.json")]
+    assert main(args) == status
+    (row,) = json.loads((tmp_path / "r.json").read_text())
+    assert (row["weights"], row["expected_top1"], row["check"]) == ("checkpoint", expected, verdict)
+    assert row["delta_top1"] == pytest.approx(row["top1"] - expected, abs=1e-3)
+    assert ("MISSED" in capsys.readouterr().out) == (verdict == "fail")
+
+
+def _fail_unless_loaded(create_model, path):
+    """create_model, asserting that the checkpoint file's weights are the ones loaded."""
+    def wrapped(*args, **kwargs):
+        model = create_model(*args, **kwargs)
+        reference = torch.load(path)
+        assert all(torch.equal(v, reference[k]) for k, v in model.state_dict().items())
+        return model
+    return wrapped

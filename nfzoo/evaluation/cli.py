@@ -89,9 +89,8 @@ def _weights(args: argparse.Namespace) -> str:
 
 def _preflight(args: argparse.Namespace, names: list[str]) -> None:
     """Refuse, before any work, what cannot give a meaningful result."""
-    for path in (args.results_file,):
-        if path is not None:
-            check_suffix(path)
+    if args.results_file is not None:
+        check_suffix(args.results_file)
     if args.plot is not None and args.plot.suffix != ".png":
         raise EvaluationError(f"--plot {args.plot} must end in .png")
     if not args.check:
