@@ -172,11 +172,12 @@ def run(args: argparse.Namespace) -> int:
         for name in names:
             model = create_model(name, _weights(args), args.checkpoint, seed=args.seed)
             cfg = eval_data_config(model, img_size, args.crop_pct)
-            model = model.eval().to(runtime.device)
+            model = prepare_model(model, runtime, args.channels_last)
             params, macs = count_params(model), count_macs(model, cfg["input_size"])
             say(f"{name}: {params / 1e6:.2f} M params, {macs / 1e9:.2f} GMACs at {cfg['input_size'][-1]} px; "
                 f"{cfg['crop_mode']} crop {cfg['crop_pct']}, {cfg['interpolation']}")
-            model = prepare_model(model, runtime, args.channels_last, args.compile)
+            if args.compile:
+                model = torch.compile(model)
             result = evaluate(model, source, cfg, runtime, options, real)
             if result.bad_images:
                 say(f"WARNING: {len(result.bad_images)} unreadable image(s) skipped: {', '.join(result.bad_images[:10])}")

@@ -15,10 +15,9 @@ from ..weights.manifest import Checkpoint, manifest
 from .distributed import Runtime
 from .errors import EvaluationError
 
-__all__ = ["WEIGHTS", "expand_model_names", "expected_accuracy", "create_model", "prepare_model",
+__all__ = ["expand_model_names", "expected_accuracy", "create_model", "prepare_model",
            "count_params", "count_macs"]
 
-WEIGHTS = ("pretrained", "checkpoint", "random")
 HF_HUB_PREFIX = "hf-hub:"
 
 
@@ -57,8 +56,8 @@ def expected_accuracy(name: str) -> Checkpoint | None:
 
 
 def create_model(name: str, weights: str, checkpoint: Path | None = None, seed: int = 0) -> nn.Module:
-    """``timm.create_model`` with ``weights`` one of :data:`WEIGHTS`. A checkpoint file goes
-    through the model's pretrained loading (its checkpoint filter converts original layouts);
+    """``timm.create_model`` with ``weights`` "pretrained", "checkpoint" or "random". A checkpoint
+    file goes through the model's pretrained loading (its checkpoint filter converts original layouts);
     random init is seeded, so that every process of a run builds the same model."""
     kwargs = {}
     if weights == "checkpoint":
@@ -75,11 +74,10 @@ def create_model(name: str, weights: str, checkpoint: Path | None = None, seed: 
         raise EvaluationError(f"cannot create {name}{what}: {type(e).__name__}: {e}") from e
 
 
-def prepare_model(model: nn.Module, runtime: Runtime, channels_last: bool = False, compile: bool = False) -> nn.Module:
+def prepare_model(model: nn.Module, runtime: Runtime, channels_last: bool = False) -> nn.Module:
+    """In eval mode on the run's device, in the memory format the inputs will have."""
     model = model.eval().to(runtime.device)
-    if channels_last:
-        model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model) if compile else model
+    return model.to(memory_format=torch.channels_last) if channels_last else model
 
 
 def count_params(model: nn.Module) -> int:
