@@ -185,12 +185,12 @@ def run(args: argparse.Namespace) -> int:
         if not runtime.is_main:
             return 0
         print(format_table(rows))
+        if args.plot:  # first: it is the one that can still fail (no matplotlib)
+            plot_accuracy_vs_throughput(rows, args.plot)
+            print(f"plot: {args.plot}")
         if args.results_file:
             write_results(rows, args.results_file)
             print(f"results: {args.results_file}")
-        if args.plot:
-            plot_accuracy_vs_throughput(rows, args.plot)
-            print(f"plot: {args.plot}")
         missed = [f"{r['model']}.{r['tag']}" for r in rows if r["check"] == "fail"]
         if args.check:
             print(f"check (tolerance {args.tolerance} points): " + (f"MISSED by {', '.join(missed)}" if missed else "all pass"))
