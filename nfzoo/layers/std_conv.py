@@ -9,9 +9,9 @@ Two families live here, because their numerics differ and pretrained weights dep
   Qiao et al. (arXiv 1903.10520), as used by the authors' GN+WS and BCN+WS ResNets:
   ``W_hat = (W - mean) / std`` with the *unbiased* std, no gain.
 
-Statistics are always computed in float32 (a bf16 or fp16 weight would lose the variance or
-overflow ``var * fan_in``); the standardized weight is returned in the parameter's dtype and
-autocast casts it for the convolution as it would the raw weight.
+Statistics are computed in float32, or float64 for a float64 weight (a bf16 or fp16 weight
+would lose the variance or overflow ``var * fan_in``); the standardized weight is returned in
+the parameter's dtype and autocast casts it for the convolution as it would the raw weight.
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ _EPS = {"deepmind": 1e-4, "timm": 1e-5}
 
 
 def _fan_in_stats(weight: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and variance over every dim but the first (the output channel), in float32."""
-    w = weight.float().flatten(1)
+    """Mean and variance over every dim but the first (the output channel), in float32 or wider."""
+    w = weight.to(torch.promote_types(weight.dtype, torch.float32)).flatten(1)
     var, mean = torch.var_mean(w, dim=1, correction=int(unbiased and w.shape[1] > 1), keepdim=True)
     return mean, var
 
@@ -86,8 +86,8 @@ class ScaledStdConv2d(nn.Conv2d):
             scale = torch.rsqrt(torch.clamp(var * fan_in, min=self.eps))
         else:
             scale = torch.rsqrt(var + self.eps) * fan_in**-0.5
-        scale = scale.view_as(self.gain) * self.gain.float()
-        return ((self.weight.float() - mean.view_as(self.gain)) * scale).to(self.weight.dtype)
+        scale = scale.view_as(self.gain) * self.gain.to(mean.dtype)
+        return ((self.weight.to(mean.dtype) - mean.view_as(self.gain)) * scale).to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_same_pad:
@@ -125,7 +125,7 @@ class _WSConvMixin:
         mean, var = _fan_in_stats(self.weight, unbiased=True)
         denom = var.sqrt() + self.eps if self.eps_in == "std" else torch.sqrt(var + self.eps)
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        w = (self.weight.float() - mean.view(shape)) / denom.view(shape)
+        w = (self.weight.to(mean.dtype) - mean.view(shape)) / denom.view(shape)
         return w.to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
