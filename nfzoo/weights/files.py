@@ -1,0 +1,92 @@
+"""File helpers shared by conversion, publishing and verified downloads: hashing, atomic
+writes, and cheap integrity checks that fail with a clear message before anything is loaded."""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Iterator
+
+from safetensors import SafetensorError, safe_open
+
+from .errors import ChecksumError, CheckpointError
+
+__all__ = ["sha256_file", "check_sha256", "atomic_path", "check_readable"]
+
+_CHUNK = 1 << 20
+
+
+def sha256_file(path: str | os.PathLike) -> str:
+    """The hex sha256 of a file, read in 1 MiB chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def check_sha256(path: str | os.PathLike, expected: str, what: str) -> str:
+    """Raise :class:`ChecksumError` unless ``path`` hashes to ``expected``.
+
+    ``expected`` may be a prefix of the hex digest (OpenMMLab names its files with the first
+    8 hex digits of their sha256). Returns the full digest.
+    """
+    expected = expected.lower()
+    actual = sha256_file(path)
+    if not actual.startswith(expected):
+        kind = "sha256" if len(expected) == 64 else f"sha256 prefix ({len(expected)} hex digits)"
+        raise ChecksumError(
+            f"{path}: sha256 is {actual}, but the nfzoo manifest expects {kind} {expected} for {what}. "
+            "The file is corrupt, truncated, or not the one the manifest describes.")
+    return actual
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
+
+    On any error the temporary file is removed, so readers never see a half-written file.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+
+
+def check_readable(path: str | os.PathLike) -> None:
+    """Fail fast, with a clear message, on a checkpoint file that cannot be complete.
+
+    safetensors files must have a valid header whose tensors end exactly at the end of the
+    file; PyTorch zip checkpoints must have their zip directory (at the end of the file).
+    Legacy (pre-1.6) PyTorch pickles have no cheap check: their sha256 is what protects them.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint file.")
+    if path.suffix == ".safetensors":
+        try:
+            with safe_open(path, framework="pt"):
+                pass
+        except (SafetensorError, OSError) as e:
+            raise CheckpointError(
+                f"{path} is not a complete safetensors file ({e}). It is truncated or damaged: "
+                "delete it and download or convert it again.") from e
+    elif zipfile.is_zipfile(path) is False and _looks_like_zip(path):
+        raise CheckpointError(
+            f"{path} is a truncated PyTorch checkpoint (its zip directory is missing): "
+            "delete it and download it again.")
+
+
+def _looks_like_zip(path: Path) -> bool:
+    with open(path, "rb") as f:
+        return f.read(4) == b"PK\x03\x04"
