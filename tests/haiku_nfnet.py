@@ -28,7 +28,7 @@ def make_tree(depths, widths=(256, 512, 1536, 1536), group_width=128, num_classe
     rng = np.random.default_rng(seed)
 
     def conv(k, cin, cout, groups=1):
-        return {"w": rng.standard_normal((k, k, cin // groups, cout), dtype=np.float32),
+        return {"w": (rng.random((k, k, cin // groups, cout), dtype=np.float32) - 0.5) * np.float32(3.4641),
                 "gain": (1 + 0.1 * rng.standard_normal(cout)).astype(np.float32),
                 "bias": (0.1 * rng.standard_normal(cout)).astype(np.float32)}
 

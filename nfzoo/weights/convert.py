@@ -14,7 +14,7 @@ import os
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import safetensors.torch
 import timm
@@ -27,7 +27,7 @@ from .files import atomic_path, check_sha256, sha256_file
 from .haiku import haiku_to_state_dict, load_haiku_params
 from .manifest import manifest
 
-__all__ = ["Conversion", "convert", "SOURCE_FORMATS", "WEIGHTS_FILE", "RECORD_FILE"]
+__all__ = ["Conversion", "convert", "SourceFormat", "SOURCE_FORMATS", "WEIGHTS_FILE", "RECORD_FILE"]
 
 WEIGHTS_FILE = "model.safetensors"
 RECORD_FILE = "conversion.json"
@@ -46,21 +46,24 @@ class Conversion:
     num_params: int
 
 
-def _haiku(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    return haiku_to_state_dict(load_haiku_params(path), model)
-
-
-def _torch(path: Path, model: nn.Module) -> dict[str, torch.Tensor]:
-    state_dict = load_torch_state_dict(path)
+def _torch_to_state_dict(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model family's ``checkpoint_filter_fn``, as used for ``pretrained=True`` loading."""
     family = sys.modules[type(model).__module__]
     filter_fn: Callable | None = getattr(family, "checkpoint_filter_fn", None)
     return filter_fn(state_dict, model) if filter_fn is not None else state_dict
 
 
-SOURCE_FORMATS: dict[str, Callable[[Path, nn.Module], dict[str, torch.Tensor]]] = {
-    "haiku-pickle": _haiku,
-    "ws-pth": _torch,
-    "openmmlab": _torch,
+@dataclass(frozen=True)
+class SourceFormat:
+    """How to read a source file (before the model exists), and map what it holds onto a model."""
+    read: Callable[[Path], Any]
+    to_state_dict: Callable[[Any, nn.Module], dict[str, torch.Tensor]]
+
+
+SOURCE_FORMATS: dict[str, SourceFormat] = {
+    "haiku-pickle": SourceFormat(load_haiku_params, haiku_to_state_dict),
+    "ws-pth": SourceFormat(load_torch_state_dict, _torch_to_state_dict),
+    "openmmlab": SourceFormat(load_torch_state_dict, _torch_to_state_dict),
 }
 
 
@@ -92,9 +95,11 @@ def convert(
     else:
         source_sha256 = sha256_file(source)
 
+    fmt = SOURCE_FORMATS[source_format]
+    contents = fmt.read(source)
     architecture = name.split(".", 1)[0]
     model = timm.create_model(architecture, pretrained=False)
-    state_dict = SOURCE_FORMATS[source_format](source, model)
+    state_dict = fmt.to_state_dict(contents, model)
     check_fits(state_dict, model, str(source))
     model.load_state_dict(state_dict, strict=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}

@@ -164,7 +164,7 @@ def _to_torch(param: str, value: np.ndarray, shape: torch.Size) -> torch.Tensor:
         value = value.reshape(shape)  # gain (O,) -> (O, 1, 1, 1); skip_gain () or (1,)
     if tuple(value.shape) != tuple(shape):
         raise CheckpointError(f"shape {tuple(value.shape)} does not match the model's {tuple(shape)}")
-    return torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32))
+    return torch.from_numpy(value.astype(np.float32, order="C", copy=True))
 
 
 _PARAM_NAMES = {"w": "weight", "b": "bias", "bias": "bias", "gain": "gain"}
