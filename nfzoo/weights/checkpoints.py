@@ -41,21 +41,29 @@ def check_fits(
         state_dict: dict[str, torch.Tensor],
         model: nn.Module,
         source: str,
-        allow_shape_mismatch: Iterable[str] = (),
+        skip: Iterable[str] = (),
+        first_conv: str | None = None,
 ) -> None:
     """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the model's keys and shapes.
 
-    ``allow_shape_mismatch`` names keys whose shapes may differ (a classifier being replaced,
-    a first conv being adapted to other input channels). The message lists what differs, so
-    that a checkpoint made for another model is recognised as such.
+    Keys under the module names in ``skip`` are not compared (a classifier that timm replaces
+    for another ``num_classes``); the ``first_conv`` weight may differ in its input channels
+    (timm adapts it to ``in_chans``). The message lists what differs, so that a checkpoint made
+    for another model is recognised as such.
     """
-    target = model.state_dict()
-    missing = sorted(set(target) - set(state_dict))
-    unexpected = sorted(set(state_dict) - set(target))
-    allowed = tuple(allow_shape_mismatch)
-    shapes = sorted(
-        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}" for k, v in target.items()
-        if k in state_dict and state_dict[k].shape != v.shape and not k.startswith(allowed))
+    prefixes = tuple(f"{name}." for name in skip)
+    target = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
+    given = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+    missing = sorted(set(target) - set(given))
+    unexpected = sorted(set(given) - set(target))
+
+    def fits(key: str, a: torch.Size, b: torch.Size) -> bool:
+        if key == f"{first_conv}.weight" and len(a) == len(b) == 4:
+            return a[0] == b[0] and a[2:] == b[2:]
+        return a == b
+
+    shapes = sorted(f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
+                    for k, v in target.items() if k in given and not fits(k, given[k].shape, v.shape))
     if missing or unexpected or shapes:
         parts = [f"{len(found)} {what} ({', '.join(found[:4])}{', ...' if len(found) > 4 else ''})"
                  for what, found in (("missing keys", missing), ("unexpected keys", unexpected),

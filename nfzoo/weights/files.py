@@ -66,27 +66,24 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 def check_readable(path: str | os.PathLike) -> None:
     """Fail fast, with a clear message, on a checkpoint file that cannot be complete.
 
-    safetensors files must have a valid header whose tensors end exactly at the end of the
-    file; PyTorch zip checkpoints must have their zip directory (at the end of the file).
+    A safetensors file must have a valid header whose tensors end exactly at the end of the
+    file; a PyTorch zip checkpoint must have its zip directory (at the end of the file).
     Legacy (pre-1.6) PyTorch pickles have no cheap check: their sha256 is what protects them.
+    The format is told by the file's first bytes, not its name.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file.")
-    if path.suffix == ".safetensors":
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        if not zipfile.is_zipfile(path):
+            raise CheckpointError(
+                f"{path} is a truncated PyTorch checkpoint (its zip directory is missing).")
+    elif head[8:9] == b"{" or path.suffix == ".safetensors":
         try:
             with safe_open(path, framework="pt"):
                 pass
         except (SafetensorError, OSError) as e:
             raise CheckpointError(
-                f"{path} is not a complete safetensors file ({e}). It is truncated or damaged: "
-                "delete it and download or convert it again.") from e
-    elif zipfile.is_zipfile(path) is False and _looks_like_zip(path):
-        raise CheckpointError(
-            f"{path} is a truncated PyTorch checkpoint (its zip directory is missing): "
-            "delete it and download it again.")
-
-
-def _looks_like_zip(path: Path) -> bool:
-    with open(path, "rb") as f:
-        return f.read(4) == b"PK\x03\x04"
+                f"{path} is not a complete safetensors file ({e}): it is truncated or damaged.") from e
