@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from .checkpoints import check_fits, load_torch_state_dict
 from .errors import CheckpointError
-from .files import atomic_path, check_sha256, sha256_file
+from .files import atomic_path, check_digest, check_sha256, sha256_file
 from .haiku import haiku_to_state_dict, load_haiku_params
 from .manifest import manifest
 
@@ -90,6 +90,8 @@ def convert(
                          f"give one of {sorted(SOURCE_FORMATS)}")
     if not source.is_file():
         raise CheckpointError(f"{source}: no such file.")
+    if entry and entry.source_md5:
+        check_digest(source, entry.source_md5, f"the source of {name}", algorithm="md5")
     if entry and entry.source_sha256:
         source_sha256 = check_sha256(source, entry.source_sha256, f"the source of {name}")
     else:

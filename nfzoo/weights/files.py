@@ -14,34 +14,35 @@ from safetensors import SafetensorError, safe_open
 
 from .errors import ChecksumError, CheckpointError
 
-__all__ = ["sha256_file", "check_sha256", "atomic_path", "check_readable"]
-
-_CHUNK = 1 << 20
+__all__ = ["sha256_file", "check_sha256", "check_digest", "atomic_path", "check_readable"]
 
 
 def sha256_file(path: str | os.PathLike) -> str:
-    """The hex sha256 of a file, read in 1 MiB chunks."""
-    digest = hashlib.sha256()
+    """The hex sha256 of a file."""
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def check_digest(path: str | os.PathLike, expected: str, what: str, algorithm: str = "sha256") -> str:
+    """Raise :class:`ChecksumError` unless ``path``'s hex digest starts with ``expected``.
+
+    ``expected`` may be a prefix of the digest (OpenMMLab names its files with the first 8 hex
+    digits of their sha256). Returns the full digest.
+    """
+    expected = expected.lower()
+    with open(path, "rb") as f:
+        actual = hashlib.file_digest(f, algorithm).hexdigest()
+    if not actual.startswith(expected):
+        kind = algorithm if len(expected) == len(actual) else f"{algorithm} prefix ({len(expected)} hex digits)"
+        raise ChecksumError(
+            f"{path}: {algorithm} is {actual}, but the nfzoo manifest expects {kind} {expected} for {what}. "
+            "The file is corrupt, truncated, or not the one the manifest describes.")
+    return actual
 
 
 def check_sha256(path: str | os.PathLike, expected: str, what: str) -> str:
-    """Raise :class:`ChecksumError` unless ``path`` hashes to ``expected``.
-
-    ``expected`` may be a prefix of the hex digest (OpenMMLab names its files with the first
-    8 hex digits of their sha256). Returns the full digest.
-    """
-    expected = expected.lower()
-    actual = sha256_file(path)
-    if not actual.startswith(expected):
-        kind = "sha256" if len(expected) == 64 else f"sha256 prefix ({len(expected)} hex digits)"
-        raise ChecksumError(
-            f"{path}: sha256 is {actual}, but the nfzoo manifest expects {kind} {expected} for {what}. "
-            "The file is corrupt, truncated, or not the one the manifest describes.")
-    return actual
+    """:func:`check_digest` with sha256."""
+    return check_digest(path, expected, what)
 
 
 @contextlib.contextmanager

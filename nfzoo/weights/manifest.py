@@ -27,6 +27,7 @@ class Checkpoint:
     url: str | None = None
     sha256: str | None = None
     source_sha256: str | None = None
+    source_md5: str | None = None
     top1: float | None = None
     top5: float | None = None
     accuracy_source: str | None = None
