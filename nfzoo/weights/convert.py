@@ -92,8 +92,9 @@ def convert(
         raise CheckpointError(f"{source}: no such file.")
     if entry and entry.source_md5:
         check_digest(source, entry.source_md5, f"the source of {name}", algorithm="md5")
-    if entry and entry.source_sha256:
-        source_sha256 = check_sha256(source, entry.source_sha256, f"the source of {name}")
+    known_sha256 = entry and (entry.source_sha256 or (entry.sha256 if entry.url == entry.source_url else None))
+    if known_sha256:  # OpenMMLab mirrors: the loadable file is the source, with a sha256 prefix
+        source_sha256 = check_sha256(source, known_sha256, f"the source of {name}")
     else:
         source_sha256 = sha256_file(source)
 

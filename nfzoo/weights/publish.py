@@ -18,7 +18,7 @@ from pathlib import Path
 
 import timm
 from huggingface_hub import HfApi
-from timm.models import save_config_for_hf
+from timm.models._hub import save_config_for_hf
 
 from .convert import RECORD_FILE, WEIGHTS_FILE
 from .files import sha256_file
