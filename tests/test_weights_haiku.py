@@ -1,17 +1,16 @@
 """DeepMind's Haiku release: safe loading, mapping to nfzoo's layout, conversion to safetensors."""
-import dataclasses
 import json
-import math
 import pickle
 
 import numpy as np
 import pytest
 import safetensors.torch
+import timm
 import torch
-from timm.models import nfnet as timm_nfnet
 
 from haiku_nfnet import make_tree, reference_forward, write_pickle
-from nfzoo.weights import CheckpointError
+from nfzoo.models.nfnet import NFNet, NFNetCfg
+from nfzoo.weights import CheckpointError, ChecksumError
 from nfzoo.weights.convert import convert
 from nfzoo.weights.haiku import haiku_to_state_dict, load_haiku_params
 from nfzoo.weights.files import sha256_file
@@ -19,14 +18,9 @@ from nfzoo.weights.files import sha256_file
 DEPTHS, WIDTHS, GROUP_WIDTH = (1, 2, 1, 1), (64, 128, 192, 192), 16
 
 
-def small_nfnet(depths=DEPTHS, num_features=2 * WIDTHS[-1]):
-    cfg = dataclasses.replace(
-        timm_nfnet._dm_nfnet_cfg(depths), channels=WIDTHS, group_size=GROUP_WIDTH, num_features=num_features)
-    return timm_nfnet.NormFreeNet(cfg, num_classes=10).eval()
-
-
-def erf_gelu(x):
-    return 0.5 * x * (1 + np.vectorize(math.erf)(x / math.sqrt(2)))
+def small_nfnet(depths=DEPTHS, final_conv_mult=2.0):
+    cfg = NFNetCfg(depths=depths, widths=WIDTHS, group_width=GROUP_WIDTH, final_conv_mult=final_conv_mult)
+    return NFNet(cfg, num_classes=10).eval()
 
 
 @pytest.fixture(scope="module")
@@ -41,10 +35,10 @@ def test_small_tree_maps_to_model_that_matches_numpy_reference(small_tree, tmp_p
     model = small_nfnet()
     model.load_state_dict(haiku_to_state_dict(load_haiku_params(path), model), strict=True)
     x = np.random.default_rng(1).standard_normal((2, 3, 64, 64)).astype(np.float32)
-    expected = reference_forward(small_tree, x, DEPTHS, GROUP_WIDTH, act=erf_gelu)
+    expected = reference_forward(small_tree, x, DEPTHS, GROUP_WIDTH)
     with torch.no_grad():
         logits = model(torch.from_numpy(x)).double().numpy()
-    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
 class _RunsCode:
@@ -96,7 +90,7 @@ def test_tree_of_another_variant_is_refused_with_depths(small_tree):
 
 def test_tree_with_wrong_shapes_is_refused(small_tree):
     with pytest.raises(CheckpointError, match="final_conv/w -> final_conv.weight: shape"):
-        haiku_to_state_dict(small_tree, small_nfnet(num_features=128))
+        haiku_to_state_dict(small_tree, small_nfnet(final_conv_mult=1.0))
 
 
 def test_f0_release_converts_to_safetensors_that_match_the_reference(tmp_path):
@@ -107,7 +101,7 @@ def test_f0_release_converts_to_safetensors_that_match_the_reference(tmp_path):
     write_pickle(tree, source)
     out = tmp_path / "out"
 
-    record = convert(source, "dm_nfnet_f0", out, source_format="haiku-pickle")
+    record = convert(source, "nfnet_f0", out, source_format="haiku-pickle")
 
     weights = out / "model.safetensors"
     assert record.sha256 == sha256_file(weights)
@@ -115,13 +109,13 @@ def test_f0_release_converts_to_safetensors_that_match_the_reference(tmp_path):
     assert record.source_sha256 == sha256_file(source)
     assert round(record.num_params / 1e6, 2) == 71.49  # REFERENCE.md §1
     state_dict = safetensors.torch.load_file(weights)
-    model = timm_nfnet.dm_nfnet_f0().eval()
+    model = timm.create_model("nfnet_f0").eval()
     model.load_state_dict(state_dict, strict=True)
     x = np.random.default_rng(2).standard_normal((1, 3, 32, 32)).astype(np.float32)
-    expected = reference_forward(tree, x, depths, act=erf_gelu)
+    expected = reference_forward(tree, x, depths)
     with torch.no_grad():
         logits = model(torch.from_numpy(x)).double().numpy()
-    np.testing.assert_allclose(logits, expected, rtol=1e-3, atol=1e-3 * np.abs(expected).max())
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-5 * np.abs(expected).max())
 
 
 def test_conversion_of_a_truncated_release_writes_nothing(small_tree, tmp_path):
@@ -130,7 +124,7 @@ def test_conversion_of_a_truncated_release_writes_nothing(small_tree, tmp_path):
     source.write_bytes(source.read_bytes()[:-1000])
     out = tmp_path / "out"
     with pytest.raises(CheckpointError, match="truncated"):
-        convert(source, "dm_nfnet_f0", out, source_format="haiku-pickle")
+        convert(source, "nfnet_f0", out, source_format="haiku-pickle")
     assert not out.exists() or not any(out.iterdir())
 
 
@@ -139,5 +133,13 @@ def test_conversion_for_the_wrong_model_writes_nothing(tmp_path):
     write_pickle(make_tree((1, 1, 1, 1)), source)
     out = tmp_path / "out"
     with pytest.raises(CheckpointError, match="another NFNet variant"):
-        convert(source, "dm_nfnet_f0", out, source_format="haiku-pickle")
+        convert(source, "nfnet_f0", out, source_format="haiku-pickle")
     assert not out.exists() or not any(out.iterdir())
+
+
+def test_release_that_differs_from_the_manifest_md5_is_refused(small_tree, tmp_path):
+    source = tmp_path / "F0_haiku.npz"
+    write_pickle(small_tree, source)
+    with pytest.raises(ChecksumError, match="md5 is [0-9a-f]{32}, but the nfzoo manifest expects md5 0a41039d"):
+        convert(source, "nfnet_f0.dm_in1k", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
