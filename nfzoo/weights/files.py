@@ -14,13 +14,21 @@ from safetensors import SafetensorError, safe_open
 
 from .errors import ChecksumError, CheckpointError
 
-__all__ = ["sha256_file", "check_sha256", "check_digest", "atomic_path", "check_readable"]
+__all__ = ["file_digest", "sha256_file", "check_sha256", "check_digest", "atomic_path", "check_readable"]
+
+
+def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
+    """The hex digest of a file, read in 1 MiB chunks (``hashlib.file_digest`` is Python 3.11+)."""
+    digest = hashlib.new(algorithm)
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def sha256_file(path: str | os.PathLike) -> str:
     """The hex sha256 of a file."""
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
+    return file_digest(path)
 
 
 def check_digest(path: str | os.PathLike, expected: str, what: str, algorithm: str = "sha256") -> str:
@@ -30,8 +38,7 @@ def check_digest(path: str | os.PathLike, expected: str, what: str, algorithm: s
     digits of their sha256). Returns the full digest.
     """
     expected = expected.lower()
-    with open(path, "rb") as f:
-        actual = hashlib.file_digest(f, algorithm).hexdigest()
+    actual = file_digest(path, algorithm)
     if not actual.startswith(expected):
         kind = algorithm if len(expected) == len(actual) else f"{algorithm} prefix ({len(expected)} hex digits)"
         raise ChecksumError(
