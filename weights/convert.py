@@ -7,7 +7,6 @@
 import argparse
 import sys
 
-from nfzoo.weights import CheckpointError
 from nfzoo.weights.convert import SOURCE_FORMATS, convert
 
 
@@ -20,7 +19,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         record = convert(args.source, args.name, args.out, source_format=args.format)
-    except CheckpointError as e:
+    except ValueError as e:  # CheckpointError, or a model family's checkpoint filter refusing the file
         print(f"error: {e}\nNothing was written.", file=sys.stderr)
         return 1
     print(f"{args.out}/{record.file}: {record.num_params / 1e6:.2f} M parameters, sha256 {record.sha256}")

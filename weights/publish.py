@@ -9,7 +9,7 @@ token from HF_TOKEN or `huggingface-cli login`.
 import argparse
 import sys
 
-from nfzoo.weights import CheckpointError, checkpoint
+from nfzoo.weights import checkpoint
 from nfzoo.weights.publish import Measured, upload, write_repo
 
 
@@ -27,7 +27,7 @@ def main() -> int:
     measured = Measured(float(args.measured[0]), float(args.measured[1]), args.measured[2]) if args.measured else None
     try:
         folder = write_repo(args.weights_dir, args.name, args.out, measured)
-    except CheckpointError as e:
+    except ValueError as e:  # CheckpointError, or a model family's checkpoint filter refusing the file
         print(f"error: {e}\nNothing was written.", file=sys.stderr)
         return 1
     print(f"wrote {folder}")
