@@ -10,6 +10,8 @@ from timm.models import build_model_with_cfg
 from timm.models._builder import resolve_pretrained_cfg
 from timm.models._registry import get_arch_pretrained_cfgs
 
+from ..weights.loading import fitting_filter, resolve_pretrained_file
+
 __all__ = ["build_zoo_model"]
 
 
@@ -23,9 +25,11 @@ def build_zoo_model(
 ) -> nn.Module:
     """Build ``model_cls`` through timm's ``build_model_with_cfg``.
 
-    Every zoo family goes through here, so pretrained loading (checkpoint filters, verified
-    downloads) behaves the same for all of them. ``kwargs`` are passed to
-    ``build_model_with_cfg`` (``model_cfg``, ``feature_cfg``, model arguments ...).
+    Every zoo family goes through here, so pretrained loading behaves the same for all of
+    them: weights are fetched and checked against the manifest's sha256 first
+    (:func:`~nfzoo.weights.loading.resolve_pretrained_file`), and a checkpoint that does not
+    fit the model fails with a clear message. ``kwargs`` are passed to ``build_model_with_cfg``
+    (``model_cfg``, ``feature_cfg``, model arguments ...).
     A pretrained tag (``create_model('name.tag')``) that the model does not have is refused
     with the list of those it has; Hub weights missing from an offline cache are reported with
     the repository's name.
@@ -38,6 +42,11 @@ def build_zoo_model(
                     else "no weights exist for it: create it without a tag")
             raise ValueError(f"{variant} has no pretrained tag {tag!r}; {hint}")
     try:
+        if pretrained:
+            kwargs["pretrained_cfg_overlay"] = resolve_pretrained_file(
+                variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"), kwargs.get("cache_dir"))
+            if kwargs.get("pretrained_strict", True):
+                checkpoint_filter = fitting_filter(checkpoint_filter)
         return build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter, **kwargs)
     except LocalEntryNotFoundError as e:
