@@ -31,7 +31,7 @@ from ..weights import manifest, pretrained_cfg
 from ._builder import build_zoo_model
 from ._registry import register_zoo_model
 
-__all__ = ["ResNetWS", "ResNetWSCfg", "resnet_ws", "checkpoint_filter_fn", "ARCHS"]
+__all__ = ["ResNetWS", "ResNetWSCfg", "build_resnet_ws", "checkpoint_filter_fn", "ARCHS"]
 
 
 @dataclass(frozen=True)
@@ -159,7 +159,7 @@ def checkpoint_filter_fn(checkpoint: dict[str, Any], model: ResNetWS) -> dict[st
     if have != want:
         raise ValueError(
             f"the checkpoint has {_NORM_KINDS[have]} layers but this {arch} model uses {_NORM_KINDS[want]}; "
-            f"build the model with the checkpoint's norm (e.g. resnet_ws(arch, norm=...) or the matching "
+            f"build the model with the checkpoint's norm (e.g. build_resnet_ws(arch, norm=...) or the matching "
             f"*_{'bcn_ws' if have == 'bcn' else 'gn_ws'} model)")
     classifier = model.get_classifier(name_only=True) + "."
     missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_KEYS)
@@ -173,8 +173,8 @@ def checkpoint_filter_fn(checkpoint: dict[str, Any], model: ResNetWS) -> dict[st
                     for label, keys in (("missing", missing), ("unexpected", unexpected),
                                         ("shape mismatch", mismatched)) if keys]
         raise ValueError(
-            f"the checkpoint is for another architecture than {arch}: checkpoint has {_describe(state_dict)}, "
-            f"the model {_describe(expected)}. " + "; ".join(problems))
+            f"the checkpoint is for another architecture than {arch}; checkpoint: {_describe(state_dict)}; "
+            f"model: {_describe(expected)}; " + "; ".join(problems))
     return state_dict
 
 
@@ -191,7 +191,7 @@ default_cfgs = generate_default_cfgs({
     name: pretrained_cfg(name, **_cfg()) for name, ckpt in manifest().items() if ckpt.model in MODELS})
 
 
-def resnet_ws(arch: str = "resnet50", norm: str = "gn_ws", pretrained: bool = False, **kwargs: Any) -> ResNetWS:
+def build_resnet_ws(arch: str = "resnet50", norm: str = "gn_ws", pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """Build ``arch`` (``'resnet50'``, ``'resnet101'``, ``'resnext50_32x4d'``, ``'resnext101_32x4d'``)
     with any ``norm`` of :data:`nfzoo.layers.NORMS`; pretrained weights exist for the registered
     ``<arch>_gn_ws`` and ``<arch>_bcn_ws`` models. ``kwargs`` go to :class:`ResNetWS` and timm's builder.
@@ -214,40 +214,40 @@ def resnet_ws(arch: str = "resnet50", norm: str = "gn_ws", pretrained: bool = Fa
 @register_zoo_model
 def resnet50_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNet-50 v1.5, GroupNorm (32 groups) + WS; authors' weights 76.28 top-1."""
-    return resnet_ws("resnet50", "gn_ws", pretrained, **kwargs)
+    return build_resnet_ws("resnet50", "gn_ws", pretrained, **kwargs)
 
 
 @register_zoo_model
 def resnet101_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNet-101 v1.5, GroupNorm (32 groups) + WS; authors' weights 77.90 top-1."""
-    return resnet_ws("resnet101", "gn_ws", pretrained, **kwargs)
+    return build_resnet_ws("resnet101", "gn_ws", pretrained, **kwargs)
 
 
 @register_zoo_model
 def resnext50_32x4d_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNeXt-50 32x4d, GroupNorm (32 groups) + WS; authors' weights 77.29 top-1."""
-    return resnet_ws("resnext50_32x4d", "gn_ws", pretrained, **kwargs)
+    return build_resnet_ws("resnext50_32x4d", "gn_ws", pretrained, **kwargs)
 
 
 @register_zoo_model
 def resnext101_32x4d_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNeXt-101 32x4d, GroupNorm (32 groups) + WS; authors' weights 78.20 top-1."""
-    return resnet_ws("resnext101_32x4d", "gn_ws", pretrained, **kwargs)
+    return build_resnet_ws("resnext101_32x4d", "gn_ws", pretrained, **kwargs)
 
 
 @register_zoo_model
 def resnet50_bcn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNet-50 v1.5, Batch-Channel Norm + WS (authors' weights)."""
-    return resnet_ws("resnet50", "bcn_ws", pretrained, **kwargs)
+    return build_resnet_ws("resnet50", "bcn_ws", pretrained, **kwargs)
 
 
 @register_zoo_model
 def resnet101_bcn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNet-101 v1.5, Batch-Channel Norm + WS (authors' weights)."""
-    return resnet_ws("resnet101", "bcn_ws", pretrained, **kwargs)
+    return build_resnet_ws("resnet101", "bcn_ws", pretrained, **kwargs)
 
 
 @register_zoo_model
 def resnext50_32x4d_bcn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNeXt-50 32x4d, Batch-Channel Norm + WS (authors' weights)."""
-    return resnet_ws("resnext50_32x4d", "bcn_ws", pretrained, **kwargs)
+    return build_resnet_ws("resnext50_32x4d", "bcn_ws", pretrained, **kwargs)

@@ -8,7 +8,7 @@ from functools import cache
 from importlib.resources import files
 from typing import Any
 
-__all__ = ["Checkpoint", "manifest", "checkpoint", "pretrained_cfg"]
+__all__ = ["Checkpoint", "Paper", "manifest", "checkpoint", "paper", "pretrained_cfg"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ class Checkpoint:
     url: str | None = None
     sha256: str | None = None
     source_sha256: str | None = None
+    source_md5: str | None = None
     top1: float | None = None
     top5: float | None = None
     accuracy_source: str | None = None
@@ -41,9 +42,26 @@ class Checkpoint:
 
 
 @cache
+def _data() -> dict[str, Any]:
+    return tomllib.loads(files("nfzoo.weights").joinpath("manifest.toml").read_text())
+
+
+@dataclass(frozen=True)
+class Paper:
+    id: str
+    title: str
+    bibtex: str
+
+
+def paper(paper_id: str) -> Paper:
+    """Title and BibTeX of a paper the manifest cites (``"arXiv:2102.06171"``)."""
+    return Paper(id=paper_id, **_data()["paper"][paper_id])
+
+
+@cache
 def manifest() -> dict[str, Checkpoint]:
     """Every checkpoint of the zoo, keyed by ``"<model>.<tag>"``."""
-    data = tomllib.loads(files("nfzoo.weights").joinpath("manifest.toml").read_text())
+    data = _data()
     known = {f.name for f in fields(Checkpoint)}
     out = {}
     for entry in data["checkpoint"]:

@@ -1,0 +1,132 @@
+"""Pretrained loading for every zoo model: verified downloads and clear errors.
+
+:func:`build_zoo_model <nfzoo.models._builder.build_zoo_model>` calls two things from here:
+
+* :func:`resolve_pretrained_file` fetches the weights timm would fetch (the same Hugging Face
+  cache, the same torch.hub checkpoint folder), checks them, and hands timm the local file
+  through ``pretrained_cfg_overlay=dict(file=...)``. When the manifest records a sha256 for
+  that location, a file that does not match is refused and removed from the cache
+  (OpenMMLab's 8-hex-digit prefixes count as such a record). A download is verified before it
+  is moved into the cache, so a corrupt download never lands there.
+* :func:`fitting_filter` wraps a family's checkpoint filter with a key and shape check, so a
+  checkpoint made for another model fails with a message that says so.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlparse
+
+import torch.hub
+import torch.nn as nn
+from huggingface_hub import hf_hub_download
+from huggingface_hub.errors import EntryNotFoundError
+from timm.models import resolve_pretrained_cfg
+from timm.models._builder import _resolve_pretrained_source
+from timm.models._hub import hf_split
+
+from .checkpoints import check_fits
+from .errors import CheckpointError
+from .files import atomic_path, check_readable, check_sha256
+from .manifest import Checkpoint, manifest
+
+__all__ = ["resolve_pretrained_file", "fitting_filter", "HF_WEIGHTS_FILES"]
+
+# What timm looks for in a Hub repository, in its order; the manifest's sha256 is for the first.
+HF_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def resolve_pretrained_file(
+        variant: str,
+        pretrained_cfg: str | dict | None = None,
+        pretrained_cfg_overlay: dict | None = None,
+        cache_dir: str | os.PathLike | None = None,
+) -> dict[str, Any]:
+    """The ``pretrained_cfg_overlay`` to build ``variant`` with: the caller's, plus ``file=``
+    naming a local, checked copy of the weights when they come from the Hub or a URL."""
+    overlay = dict(pretrained_cfg_overlay or {})
+    cfg = resolve_pretrained_cfg(variant, pretrained_cfg, overlay).to_dict()
+    load_from, location = _resolve_pretrained_source(cfg)
+    if cfg.get("custom_load") or load_from not in ("hf-hub", "url", "file"):
+        return overlay  # a state dict, a local dir or a custom loader: timm's own path
+    entry = manifest().get(f"{cfg.get('architecture')}.{cfg.get('tag')}")
+    if load_from == "hf-hub":
+        repo, filename = location if isinstance(location, tuple) else (location, None)
+        expected = entry.sha256 if entry and entry.hf_hub_id == repo and not filename else None
+        path = _fetch_from_hub(repo, filename, cache_dir, expected, entry)
+    elif load_from == "url":
+        expected = entry.sha256 if entry and entry.url == location else None
+        path = _fetch_url(location, cache_dir, expected, entry)
+    else:
+        path = Path(location)
+        check_readable(path)
+    # source='file': timm would otherwise prefer the hf_hub_id of an 'hf-hub' cfg over file=.
+    return {**overlay, "file": str(path), "source": "file"}
+
+
+def _fetch_from_hub(repo: str, filename: str | None, cache_dir, expected: str | None,
+                    entry: Checkpoint | None) -> Path:
+    repo_id, revision = hf_split(repo)
+    names = (filename,) if filename else HF_WEIGHTS_FILES
+    for i, name in enumerate(names):
+        try:
+            path = Path(hf_hub_download(repo_id, name, revision=revision, cache_dir=cache_dir,
+                                        library_name="timm"))
+            break
+        except EntryNotFoundError:
+            if i == len(names) - 1:
+                raise
+    _check_or_evict(path, expected if path.name == HF_WEIGHTS_FILES[0] else None, entry)
+    return path
+
+
+def _fetch_url(url: str, cache_dir, expected: str | None, entry: Checkpoint | None) -> Path:
+    folder = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
+    path = folder / os.path.basename(urlparse(url).path)
+    if path.exists():
+        _check_or_evict(path, expected, entry)
+        return path
+    with atomic_path(path) as tmp:  # checked before it enters the cache
+        torch.hub.download_url_to_file(url, str(tmp), progress=False)
+        _check(tmp, expected, entry)
+    return path
+
+
+def _check(path: Path, expected: str | None, entry: Checkpoint | None) -> None:
+    if expected:
+        check_sha256(path, expected, _what(entry))
+    check_readable(path)
+
+
+def _check_or_evict(path: Path, expected: str | None, entry: Checkpoint | None) -> None:
+    """Check a cached file; if it is bad, remove it (and its Hub blob) from the cache."""
+    try:
+        _check(path, expected, entry)
+    except CheckpointError as e:
+        blob = Path(os.path.realpath(path))
+        path.unlink(missing_ok=True)
+        blob.unlink(missing_ok=True)
+        raise type(e)(f"{e} It has been removed from the cache; run again to download it afresh.") from None
+
+
+def _what(entry: Checkpoint | None) -> str:
+    return entry.name if entry else "this file"
+
+
+def fitting_filter(
+        filter_fn: Callable[[dict, nn.Module], dict] | None,
+) -> Callable[[dict, nn.Module], dict]:
+    """``filter_fn`` followed by a check that the result fits the model (see :func:`check_fits`)."""
+    def filter_and_check(state_dict: dict, model: nn.Module) -> dict:
+        if filter_fn is not None:
+            state_dict = filter_fn(state_dict, model)
+        cfg = model.pretrained_cfg
+        source = cfg.get("file") or cfg.get("hf_hub_id") or cfg.get("url") or "the pretrained checkpoint"
+        check_fits(state_dict, model, source, skip=_names(cfg.get("classifier")), first_conv=cfg.get("first_conv"))
+        return state_dict
+    return filter_and_check
+
+
+def _names(value: str | tuple | list | None) -> list[str]:
+    return [value] if isinstance(value, str) else list(value or ())

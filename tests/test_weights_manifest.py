@@ -1,0 +1,39 @@
+"""The weights manifest: complete, well-formed, and agreeing with REFERENCE.md."""
+import re
+
+import pytest
+
+from nfzoo.weights import manifest
+from nfzoo.weights.manifest import paper
+
+# REFERENCE.md §1 (paper, Table 3) and §3 (authors' GN+WS errors, as 100 - error).
+EXPECTED = {
+    "nfnet_f0.dm_in1k": (83.6, 96.8, 256), "nfnet_f1.dm_in1k": (84.7, 97.1, 320),
+    "nfnet_f2.dm_in1k": (85.1, 97.3, 352), "nfnet_f3.dm_in1k": (85.7, 97.5, 416),
+    "nfnet_f4.dm_in1k": (85.9, 97.6, 512), "nfnet_f5.dm_in1k": (86.0, 97.6, 544),
+    "nfnet_f6.dm_in1k": (86.5, 97.9, 576),
+    "resnet50_gn_ws.jhu_in1k": (76.28, 93.01, 224), "resnet101_gn_ws.jhu_in1k": (77.90, 93.93, 224),
+    "resnext50_32x4d_gn_ws.jhu_in1k": (77.29, 93.62, 224), "resnext101_32x4d_gn_ws.jhu_in1k": (78.20, 93.97, 224),
+}
+
+
+@pytest.mark.parametrize("name", sorted(manifest()))
+def test_entry_is_complete(name):
+    c = manifest()[name]
+    assert c.hf_hub_id or c.url, "nowhere to load the weights from"
+    assert c.source_url and c.source_format in ("haiku-pickle", "ws-pth", "openmmlab")
+    assert c.publish_repo == f"nfzoo/{name}"
+    assert c.license and paper(c.paper).bibtex.startswith("@")
+    for digest, lengths in ((c.sha256, (8, 64)), (c.source_sha256, (64,)), (c.source_md5, (32,))):
+        assert digest is None or (re.fullmatch("[0-9a-f]+", digest) and len(digest) in lengths)
+    if c.source_format == "openmmlab":  # the file name carries the sha256 prefix
+        assert c.sha256 and c.url.endswith(f"-{c.sha256}.pth")
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_expected_accuracy_and_eval_size_match_the_reference(name):
+    c = manifest()[name]
+    assert (c.top1, c.top5, c.test_size) == EXPECTED[name]
+    mirror = manifest().get(name.replace("jhu_in1k", "mmlab_in1k"))
+    if mirror is not None and mirror is not c:
+        assert (mirror.top1, mirror.top5) == (c.top1, c.top5)

@@ -1,0 +1,140 @@
+"""The authors' WS/BCN releases convert; converted weights publish to a folder that timm loads
+through hf-hub: (from an offline cache) and through file=."""
+import dataclasses
+import json
+import re
+
+import pytest
+import safetensors.torch
+import timm
+import torch
+
+import nfzoo  # noqa: F401
+from hub_cache import add_to_hf_cache
+from nfzoo.weights import CheckpointError, ChecksumError, checkpoint, manifest
+from nfzoo.weights import publish
+from nfzoo.weights.convert import convert
+from nfzoo.weights.files import sha256_file
+from nfzoo.weights.publish import Measured, write_repo
+
+
+def release(model_name, tmp_path, wrap):
+    """A random model's weights saved in a release's layout (``wrap`` maps the state dict)."""
+    model = timm.create_model(model_name).eval()
+    path = tmp_path / f"{model_name}.pth.tar"
+    torch.save(wrap(model.state_dict()), path)
+    return model, path
+
+
+def authors(state_dict):  # DataParallel state dict, as the JHU .pth.tar / .pth files
+    return {f"module.{k}": v for k, v in state_dict.items()}
+
+
+def openmmlab(state_dict):  # {'state_dict': ...} with GroupNorm layers named gn1..gn3
+    return {"state_dict": {re.sub(r"(^|\.)bn(\d)\.", r"\1gn\2.", k): v for k, v in state_dict.items()}}
+
+
+def assert_same_weights(path, model):
+    torch.testing.assert_close(safetensors.torch.load_file(path), dict(model.state_dict()))
+
+
+@pytest.mark.parametrize("name", ["resnet50_gn_ws.jhu_in1k", "resnet50_bcn_ws.jhu_in1k"])
+def test_authors_release_converts_and_loads_strictly(tmp_path, name):
+    model, source = release(name.split(".")[0], tmp_path, authors)
+    record = convert(source, name, tmp_path / "out")
+    assert_same_weights(tmp_path / "out" / "model.safetensors", model)
+    assert record.sha256 == sha256_file(tmp_path / "out" / "model.safetensors")
+
+
+def test_openmmlab_mirror_is_checked_against_its_sha256_prefix(tmp_path, monkeypatch):
+    name = "resnet50_gn_ws.mmlab_in1k"
+    model, source = release("resnet50_gn_ws", tmp_path, openmmlab)
+    with pytest.raises(ChecksumError, match="sha256 prefix \\(8 hex digits\\) 15beedd8"):
+        convert(source, name, tmp_path / "refused")
+    assert not (tmp_path / "refused").exists()
+
+    entry = dataclasses.replace(checkpoint(name), sha256=sha256_file(source)[:8])
+    monkeypatch.setattr("nfzoo.weights.convert.manifest", lambda: {**manifest(), name: entry})
+    convert(source, name, tmp_path / "out")
+    assert_same_weights(tmp_path / "out" / "model.safetensors", model)
+
+
+def test_release_of_another_model_is_refused_and_nothing_written(tmp_path):
+    _, source = release("resnet50_gn_ws", tmp_path, authors)
+    with pytest.raises(ValueError, match="another architecture"):
+        convert(source, "resnet101_gn_ws.jhu_in1k", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_not_a_checkpoint_is_refused(tmp_path):
+    source = tmp_path / "R-50-GN-WS.pth.tar"
+    source.write_text("<html>moved</html>")
+    with pytest.raises(CheckpointError, match="weights_only|not a checkpoint"):
+        convert(source, "resnet50_gn_ws.jhu_in1k", tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.fixture(scope="module")
+def published(tmp_path_factory):
+    tmp_path = tmp_path_factory.mktemp("publish")
+    name = "resnet50_gn_ws.jhu_in1k"
+    model, source = release("resnet50_gn_ws", tmp_path, authors)
+    convert(source, name, tmp_path / "converted")
+    folder = write_repo(tmp_path / "converted", name, tmp_path / "hub", Measured(76.1, 92.9, "test harness"))
+    return model, folder
+
+
+def test_repo_folder_has_weights_timm_config_and_model_card(published):
+    model, folder = published
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    config = json.loads((folder / "config.json").read_text())
+    assert (config["architecture"], config["num_classes"], config["num_features"]) == ("resnet50_gn_ws", 1000, 2048)
+    assert config["pretrained_cfg"]["tag"] == "jhu_in1k"
+    assert config["pretrained_cfg"]["interpolation"] == "bilinear"
+    card = (folder / "README.md").read_text()
+    entry = checkpoint("resnet50_gn_ws.jhu_in1k")
+    for fact in (entry.source_url, "| 76.28 | 93.01 |", "| measured (test harness) | 76.10 | 92.90 |",
+                 "@article{qiao2019micro", sha256_file(folder / "model.safetensors"), "license: other",
+                 'timm.create_model("hf-hub:nfzoo/resnet50_gn_ws.jhu_in1k", pretrained=True)'):
+        assert fact in card
+
+
+def test_published_folder_loads_through_hf_hub_from_an_offline_cache(published, hf_cache):
+    model, folder = published
+    add_to_hf_cache(hf_cache, "nfzoo/resnet50_gn_ws.jhu_in1k", {p.name: p for p in folder.iterdir()})
+    loaded = timm.create_model("hf-hub:nfzoo/resnet50_gn_ws.jhu_in1k", pretrained=True)
+    assert type(loaded) is type(model)
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+
+
+def test_published_weights_load_through_file(published):
+    model, folder = published
+    loaded = timm.create_model("resnet50_gn_ws", pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(folder / "model.safetensors")))
+    torch.testing.assert_close(loaded.state_dict(), model.state_dict())
+
+
+def test_weights_of_another_model_are_not_published(published, tmp_path):
+    _, folder = published
+    with pytest.raises(ValueError, match="another architecture|does not fit"):
+        write_repo(folder, "resnet101_gn_ws.jhu_in1k", tmp_path / "hub")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_upload_creates_the_repo_and_uploads_the_folder(published, monkeypatch):
+    _, folder = published
+    calls = []
+
+    class FakeApi:
+        def create_repo(self, repo_id, exist_ok, private):
+            calls.append(("create_repo", repo_id, exist_ok, private))
+
+        def upload_folder(self, repo_id, folder_path, commit_message):
+            calls.append(("upload_folder", repo_id, folder_path))
+            return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(publish, "HfApi", FakeApi)
+    url = publish.upload(folder, "nfzoo/resnet50_gn_ws.jhu_in1k")
+    assert calls == [("create_repo", "nfzoo/resnet50_gn_ws.jhu_in1k", True, False),
+                     ("upload_folder", "nfzoo/resnet50_gn_ws.jhu_in1k", str(folder))]
+    assert url.endswith("/commit/1")
