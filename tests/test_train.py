@@ -209,7 +209,7 @@ def test_cli_resumes_after_sigkill(tmp_path):
             "--batch-size", "8", "--lr", "0.05", "--warmup-epochs", "0.5", "--ema-decay", "0.9",
             "--drop-rate", "0.2", "--drop-path-rate", "0.1", "--ckpt-every", "1", "--log-every", "1", "--no-progress"]
     killed_dir = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "nfzoo.train", *args, "--output-dir", str(killed_dir)],
                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
@@ -266,3 +266,10 @@ def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path
     assert a["world_size"] == 2 and a["step"] == b["step"] == 6 and len(a["rng"]) == 2
     for k, v in b["model"].items():
         torch.testing.assert_close(a["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)
+
+
+def test_atomic_files_get_an_ordinary_mode(tmp_path):
+    save_atomic({"step": 1}, tmp_path / "c.pth")
+    mask = os.umask(0)
+    os.umask(mask)
+    assert (tmp_path / "c.pth").stat().st_mode & 0o777 == 0o666 & ~mask

@@ -94,7 +94,7 @@ def main(argv: list[str] | None = None) -> None:
     if csvs["agc"].rows:
         (args.out / "agc.md").write_text(agc_table(csvs["agc"].rows) + "\n")
         plot_agc(csvs["agc"].rows, args.out / "agc.png")
-    meta = {"command": "python -m nfzoo.train.reproduce " + shlex.join(argv if argv is not None else sys.argv[1:]),
+    meta = {"command": " ".join(["python -m nfzoo.train.reproduce", shlex.join(argv if argv is not None else sys.argv[1:])]).strip(),
             "device": f"CPU ({platform.machine()}, {os.cpu_count()} cores shared with other jobs), "
                       f"{args.jobs} worker process(es) x {args.threads} torch thread(s)",
             "torch": torch.__version__, "wall_seconds_last_invocation": round(time.perf_counter() - started),
