@@ -200,7 +200,16 @@ def test_fashion_mnist_reader_and_missing_data_message(tmp_path):
         fashion_mnist("train", tmp_path / "nowhere")
 
 
-def test_cli_resumes_after_sigkill(tmp_path):
+@pytest.fixture
+def one_thread():
+    """Bit-exact comparisons with a subprocess need the same torch thread count on both sides."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    torch.set_num_threads(threads)
+
+
+def test_cli_resumes_after_sigkill(tmp_path, one_thread):
     """Kill a real training process mid-run; rerunning the command ends where an uninterrupted run does."""
     from nfzoo.train.cli import main
 
@@ -209,9 +218,8 @@ def test_cli_resumes_after_sigkill(tmp_path):
             "--batch-size", "8", "--lr", "0.05", "--warmup-epochs", "0.5", "--ema-decay", "0.9",
             "--drop-rate", "0.2", "--drop-path-rate", "0.1", "--ckpt-every", "1", "--log-every", "1", "--no-progress"]
     killed_dir = tmp_path / "killed"
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "nfzoo.train", *args, "--output-dir", str(killed_dir)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            env=one_thread, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.time() + 240
     log = killed_dir / "metrics.jsonl"
     while time.time() < deadline and proc.poll() is None:
@@ -249,15 +257,14 @@ def test_micro_batches_accumulate_the_full_batch_gradient(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path):
+def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path, one_thread):
     """DDP on Gloo: 2 ranks x batch 8 train a normalizer-free net exactly like 1 x batch 16."""
     write_fake_fashion_mnist(tmp_path)
     common = ["--model", "test_nfnet", "--data-dir", str(tmp_path), "--epochs", "1", "--lr", "0.1",
               "--warmup-epochs", "0", "--ema-decay", "none", "--no-progress", "--eval-every", "0"]
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "nfzoo.train", *common, "--batch-size", "8", "--output-dir", str(tmp_path / "ddp")],
-                         env=env, capture_output=True, text=True, timeout=600)
+                         env=one_thread, capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     from nfzoo.train.cli import main
     main([*common, "--batch-size", "16", "--output-dir", str(tmp_path / "single")])
