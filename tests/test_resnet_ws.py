@@ -192,8 +192,8 @@ def test_norm_choice(norm, norm_type, conv_type):
 
 
 def test_norm_choice_errors():
-    with pytest.raises(ValueError, match="unknown norm 'ln'.*'gn_ws'"):
-        build_resnet_ws("resnet50", "ln")
+    with pytest.raises(ValueError, match="unknown norm 'xn'.*'gn_ws'"):
+        build_resnet_ws("resnet50", "xn")
     with pytest.raises(ValueError, match="layer bn1: its 64 channels are not divisible by 48"):
         build_resnet_ws("resnet50", "gn_ws", norm_groups=48)
     with pytest.raises(ValueError, match="no pretrained weights for resnet50 with norm 'bn'"):
