@@ -9,9 +9,16 @@ Two families live here, because their numerics differ and pretrained weights dep
   Qiao et al. (arXiv 1903.10520), as used by the authors' GN+WS and BCN+WS ResNets:
   ``W_hat = (W - mean) / std`` with the *unbiased* std, no gain.
 
-Statistics are computed in float32, or float64 for a float64 weight (a bf16 or fp16 weight
-would lose the variance or overflow ``var * fan_in``); the standardized weight is returned in
-the parameter's dtype and autocast casts it for the convolution as it would the raw weight.
+Statistics are computed in float32 or wider (a bf16 or fp16 weight would lose the variance or
+overflow ``var * fan_in``); the standardized weight is returned in the parameter's dtype and
+autocast casts it for the convolution as it would the raw weight.
+
+Inference fast path: in eval mode with gradients disabled, the standardized weight is computed
+once and reused until a parameter of the conv changes (its version counter, storage, dtype or
+device; in-place updates through ``.data`` bypass the version counter, but ``.train()`` /
+``.eval()`` always drop the cache). Training, autograd, ``torch.compile`` and tracing always
+recompute it, so gradients and compiled graphs are exact and free of graph breaks. For export,
+:func:`nfzoo.fuse` bakes the standardized weights into plain convolutions.
 """
 from __future__ import annotations
 
@@ -22,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.padding import get_padding_value, pad_same
 
-__all__ = ["ScaledStdConv2d", "WSConv1d", "WSConv2d", "WSConv3d", "StdNumerics", "WSEps"]
+__all__ = ["ScaledStdConv2d", "WSConv1d", "WSConv2d", "WSConv3d", "StdNumerics", "WSEps", "is_weight_standardized"]
 
 StdNumerics = Literal["deepmind", "timm"]
 WSEps = Literal["std", "var"]
@@ -30,14 +37,93 @@ WSEps = Literal["std", "var"]
 _EPS = {"deepmind": 1e-4, "timm": 1e-5}
 
 
+def _float(t: torch.Tensor) -> torch.Tensor:
+    """``t`` in float32 at least (float64 stays float64)."""
+    return t.to(torch.promote_types(t.dtype, torch.float32))
+
+
 def _fan_in_stats(weight: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Mean and variance over every dim but the first (the output channel), in float32 or wider."""
-    w = weight.to(torch.promote_types(weight.dtype, torch.float32)).flatten(1)
+    w = _float(weight).flatten(1)
     var, mean = torch.var_mean(w, dim=1, correction=int(unbiased and w.shape[1] > 1), keepdim=True)
     return mean, var
 
 
-class ScaledStdConv2d(nn.Conv2d):
+def _scaled_std(weight: torch.Tensor, numerics: StdNumerics, eps: float
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per output channel, in float32: the flattened weight, its mean, the scale ``s`` with
+    ``W_hat = gain * (W - mean) * s``, and 1 where ``s`` depends on the variance (0 where
+    DeepMind's ``max(var * fan_in, eps)`` clamps it to a constant)."""
+    mean, var = _fan_in_stats(weight, unbiased=False)
+    fan_in = weight[0].numel()
+    if numerics == "deepmind":
+        var_fan_in = var * fan_in
+        return _float(weight).flatten(1), mean, torch.rsqrt(torch.clamp(var_fan_in, min=eps)), (var_fan_in > eps).to(var.dtype)
+    return _float(weight).flatten(1), mean, torch.rsqrt(var + eps) * fan_in**-0.5, torch.ones_like(var)
+
+
+class _ScaledStandardize(torch.autograd.Function):
+    """Scaled WS, ``gain * (W - mean) * s``, with an analytic backward that recomputes the
+    statistics from the weight instead of keeping weight-sized intermediates alive: training
+    holds no more than the standardized weight the conv itself saves (as timm's batch-norm
+    formulation does), whatever the numerics.
+
+    With ``x = (W - mean) * s``, ``G`` the incoming gradient and ``n`` the fan-in,
+    ``d gain = sum(G * x)`` and ``dW = s * gain * (G - mean(G)) - k * s * x * gain * d gain``
+    where ``k`` is 0 for a clamped (constant) ``s`` and 1 otherwise (``ds/dvar = -n s^3 / 2``).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, gain: torch.Tensor, numerics: StdNumerics, eps: float) -> torch.Tensor:
+        ctx.save_for_backward(weight, gain)
+        ctx.numerics, ctx.eps = numerics, eps
+        w, mean, scale, _ = _scaled_std(weight, numerics, eps)
+        scale = scale.view_as(gain) * _float(gain)
+        return ((w.view_as(weight) - mean.view_as(gain)) * scale).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, gain = ctx.saved_tensors
+        w, mean, s, k = _scaled_std(weight, ctx.numerics, ctx.eps)
+        g = _float(gain).view(-1, 1)
+        d = _float(grad).flatten(1)
+        sum_d = d.sum(1, keepdim=True)
+        dot = torch.bmm(d.unsqueeze(1), w.unsqueeze(2)).view(-1, 1)  # sum(G * W), no temporary
+        grad_gain = s * (dot - mean * sum_d)  # sum(G * x)
+        a = s * g
+        b = -k * s * a * grad_gain
+        c = -a * sum_d / w.shape[1] - b * mean
+        grad_weight = torch.addcmul(c, d, a).addcmul_(w, b)  # a * G + b * W + c
+        return (grad_weight.view_as(weight).to(weight.dtype) if ctx.needs_input_grad[0] else None,
+                grad_gain.view_as(gain).to(gain.dtype) if ctx.needs_input_grad[1] else None,
+                None, None)
+
+
+class _InferenceWeightCache:
+    """Mixin for a conv with a ``standardized_weight()``: the weight its forward convolves."""
+
+    def forward_weight(self) -> torch.Tensor:
+        """``standardized_weight()``, cached while in inference (eval mode, grad disabled)."""
+        if (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or torch.jit.is_tracing()):
+            return self.standardized_weight()
+        key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self._parameters.values() if p is not None)
+        cached = self.__dict__.get("_inference_weight")
+        if cached is None or cached[0] != key:
+            cached = self.__dict__["_inference_weight"] = (key, self.standardized_weight())
+        return cached[1]
+
+    def train(self, mode: bool = True):
+        self.__dict__.pop("_inference_weight", None)
+        return super().train(mode)
+
+
+def is_weight_standardized(module: nn.Module) -> bool:
+    """True for the zoo's weight-standardized convs (which :func:`nfzoo.fuse` replaces)."""
+    return isinstance(module, _InferenceWeightCache)
+
+
+class ScaledStdConv2d(_InferenceWeightCache, nn.Conv2d):
     """Conv2d with Scaled Weight Standardization, a learnable per-channel gain and a bias.
 
     Paper: Brock et al., "Characterizing signal propagation to close the performance gap in
@@ -80,26 +166,19 @@ class ScaledStdConv2d(nn.Conv2d):
 
     def standardized_weight(self) -> torch.Tensor:
         """The weight actually convolved: standardized, scaled by the gain, in the weight's dtype."""
-        mean, var = _fan_in_stats(self.weight, unbiased=False)
-        fan_in = self.weight[0].numel()
-        if self.numerics == "deepmind":
-            scale = torch.rsqrt(torch.clamp(var * fan_in, min=self.eps))
-        else:
-            scale = torch.rsqrt(var + self.eps) * fan_in**-0.5
-        scale = scale.view_as(self.gain) * self.gain.to(mean.dtype)
-        return ((self.weight.to(mean.dtype) - mean.view_as(self.gain)) * scale).to(self.weight.dtype)
+        return _ScaledStandardize.apply(self.weight, self.gain, self.numerics, self.eps)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.dynamic_same_pad:
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return self._conv_forward(x, self.standardized_weight(), self.bias)
+        return self._conv_forward(x, self.forward_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", numerics={self.numerics}, eps={self.eps}" + (
             ", padding=same(dynamic)" if self.dynamic_same_pad else "")
 
 
-class _WSConvMixin:
+class _WSConvMixin(_InferenceWeightCache):
     """Weight Standardization (Qiao et al., "Micro-Batch Training with Batch-Channel
     Normalization and Weight Standardization", arXiv 1903.10520) for a torch ``_ConvNd``.
 
@@ -125,11 +204,11 @@ class _WSConvMixin:
         mean, var = _fan_in_stats(self.weight, unbiased=True)
         denom = var.sqrt() + self.eps if self.eps_in == "std" else torch.sqrt(var + self.eps)
         shape = (-1,) + (1,) * (self.weight.dim() - 1)
-        w = (self.weight.to(mean.dtype) - mean.view(shape)) / denom.view(shape)
+        w = (self.weight.float() - mean.view(shape)) / denom.view(shape)
         return w.to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.standardized_weight(), self.bias)
+        return self._conv_forward(x, self.forward_weight(), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", eps={self.eps}, eps_in={self.eps_in}"

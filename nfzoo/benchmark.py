@@ -1,0 +1,319 @@
+"""Speed of nfzoo's NFNets against timm's ``dm_nfnet_*`` on the same weights (``eval/bench.py``).
+
+Measures, per model: batch-1 inference latency, large-batch inference throughput, training
+step throughput (forward, backward, AGC, SGD step), the peak memory a training step allocates
+above the weights, and AGC alone (nfzoo's fused clip vs ``timm.utils.adaptive_clip_grad``).
+CPU runs in float32; CUDA in bf16 autocast with channels_last, and also reports TFLOP/s
+against the device's dense bf16 peak.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.utils.agc import adaptive_clip_grad
+from torch.utils.flop_counter import FlopCounterMode
+
+from .optim import AGC, adaptive_grad_clip_, classifier_parameters
+
+__all__ = ["BenchConfig", "DENSE_BF16_TFLOPS", "build_models", "run", "main"]
+
+# Dense (no sparsity) bf16 tensor-core peaks from the vendors' datasheets, keyed by a substring
+# of torch.cuda.get_device_name(). Most specific first.
+DENSE_BF16_TFLOPS = {
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,  # SXM
+    "H200": 989.0,
+    "GH200": 989.0,
+    "B200": 2250.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+    "A10G": 70.0,
+}
+
+
+def device_peak_tflops(device_name: str) -> float | None:
+    return next((v for k, v in DENSE_BF16_TFLOPS.items() if k in device_name), None)
+
+
+@dataclass
+class BenchConfig:
+    variant: str = "f0"
+    img_size: int = 128
+    infer_batch: int = 16
+    train_batch: int = 8
+    iters: int = 3
+    warmup: int = 1
+    device: str = "cpu"
+
+    @property
+    def gpu(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def time_call(fn: Callable[[], object], cfg: BenchConfig, iters: int | None = None) -> float:
+    """Median wall time of ``fn`` in seconds, after ``cfg.warmup`` untimed calls."""
+    for _ in range(cfg.warmup):
+        fn()
+    times = []
+    for _ in range(iters or cfg.iters):
+        _sync(cfg.device)
+        start = time.perf_counter()
+        fn()
+        _sync(cfg.device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_step_memory(fn: Callable[[], object], cfg: BenchConfig) -> int:
+    """Bytes allocated at the peak of ``fn`` above what was allocated when it started."""
+    if cfg.gpu:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    # CPU: replay the allocator events the profiler records
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    live = peak = 0
+    for e in events:
+        live += e.nbytes()
+        peak = max(peak, live)
+    return peak
+
+
+def _autocast(cfg: BenchConfig) -> contextlib.AbstractContextManager:
+    return torch.autocast("cuda", torch.bfloat16) if cfg.gpu else contextlib.nullcontext()
+
+
+def _inputs(batch: int, cfg: BenchConfig) -> torch.Tensor:
+    x = torch.randn(batch, 3, cfg.img_size, cfg.img_size, device=cfg.device)
+    return x.contiguous(memory_format=torch.channels_last) if cfg.gpu else x
+
+
+def build_models(cfg: BenchConfig) -> dict[str, nn.Module]:
+    """timm's ``dm_nfnet_<variant>`` and nfzoo's ``nfnet_<variant>`` (timm's and DeepMind's
+    numerics) with the same (random) weights, skip gains switched on."""
+    import nfzoo  # noqa: F401  registers nfnet_* with timm
+
+    ref = timm.create_model(f"dm_nfnet_{cfg.variant}", drop_path_rate=0.0)
+    with torch.no_grad():
+        for name, p in ref.named_parameters():
+            if name.endswith("skipinit_gain"):
+                p.fill_(1.0)
+    models = {f"timm dm_nfnet_{cfg.variant}": ref}
+    for numerics in ("timm", "deepmind"):
+        zoo = timm.create_model(f"nfnet_{cfg.variant}", numerics=numerics, drop_path_rate=0.0)
+        zoo.load_state_dict(ref.state_dict())
+        models[f"nfzoo nfnet_{cfg.variant} ({numerics})"] = zoo
+    memory_format = torch.channels_last if cfg.gpu else torch.contiguous_format
+    return {k: m.to(cfg.device, memory_format=memory_format) for k, m in models.items()}
+
+
+def _bench_inference(model: nn.Module, cfg: BenchConfig) -> dict[str, float]:
+    model.eval()
+    out = {}
+    for label, batch in (("latency_ms", 1), ("infer_img_s", cfg.infer_batch)):
+        x = _inputs(batch, cfg)
+
+        def forward():
+            with torch.inference_mode(), _autocast(cfg):
+                return model(x)
+        seconds = time_call(forward, cfg)
+        out[label] = seconds * 1e3 if batch == 1 else batch / seconds
+    return out
+
+
+def _train_step_fn(model: nn.Module, zoo: bool, cfg: BenchConfig) -> Callable[[], None]:
+    """One SGD step with AGC (clip 0.01, classifier excluded) the way each library does it."""
+    sgd = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
+    x = _inputs(cfg.train_batch, cfg)
+    y = torch.randint(0, model.num_classes, (cfg.train_batch,), device=cfg.device)
+    if zoo:
+        opt = AGC(sgd, model, clip=0.01)
+        clip = lambda: None  # noqa: E731  (inside opt.step)
+    else:
+        head = {id(p) for p in classifier_parameters(model)}
+        params = [p for p in model.parameters() if id(p) not in head]
+        opt, clip = sgd, lambda: adaptive_clip_grad(params, 0.01)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with _autocast(cfg):
+            loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        clip()
+        opt.step()
+    return step
+
+
+def _bench_training(model: nn.Module, zoo: bool, cfg: BenchConfig) -> dict[str, float]:
+    model.train()
+    step = _train_step_fn(model, zoo, cfg)
+    out = {"train_img_s": cfg.train_batch / time_call(step, cfg)}
+    out["train_peak_mib"] = peak_step_memory(step, cfg) / 2**20
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _bench_agc(model: nn.Module, cfg: BenchConfig) -> dict[str, float]:
+    """AGC alone over the model's parameters (classifier excluded) on one backward's gradients.
+
+    Gradients are restored in place before every call, so neither side pays for allocating them.
+    """
+    model.train()
+    x = _inputs(2, cfg)
+    with _autocast(cfg):
+        model(x).float().square().mean().backward()
+    head = {id(p) for p in classifier_parameters(model)}
+    params = [p for p in model.parameters() if id(p) not in head and p.grad is not None]
+    saved = [p.grad.clone() for p in params]
+
+    def timed(clip_fn):
+        def run_once():
+            torch._foreach_copy_([p.grad for p in params], saved)
+            clip_fn(params, 0.01)
+        restore = time_call(lambda: torch._foreach_copy_([p.grad for p in params], saved), cfg, cfg.iters * 3)
+        return (time_call(run_once, cfg, cfg.iters * 3) - restore) * 1e3
+    out = {"agc_timm_ms": timed(adaptive_clip_grad), "agc_nfzoo_ms": timed(adaptive_grad_clip_)}
+    model.zero_grad(set_to_none=True)
+    return out
+
+
+def _forward_flops(model: nn.Module, cfg: BenchConfig) -> float:
+    """FLOPs (2 x MACs) of one image's forward pass."""
+    model.eval()
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(_inputs(1, cfg))
+    return float(counter.get_total_flops())
+
+
+@contextlib.contextmanager
+def _stage(name: str) -> Iterator[None]:
+    start = time.perf_counter()
+    yield
+    print(f"  [{name}: {time.perf_counter() - start:.0f} s]", flush=True)
+
+
+def run(cfg: BenchConfig) -> dict[str, dict[str, float]]:
+    """Measure every model; returns {model label: {metric: value}} and prints a table."""
+    torch.manual_seed(0)
+    with _stage("build"):
+        models = build_models(cfg)
+    results: dict[str, dict[str, float]] = {}
+    for label, model in models.items():
+        with _stage(label):
+            zoo = label.startswith("nfzoo")
+            res = _bench_inference(model, cfg) | _bench_training(model, zoo, cfg)
+            results[label] = res
+    ref_label = next(iter(models))
+    with _stage("agc"):
+        results["agc"] = _bench_agc(models[ref_label], cfg)
+    if cfg.gpu:
+        flops = _forward_flops(models[ref_label], cfg)
+        peak = device_peak_tflops(torch.cuda.get_device_name())
+        for res in results.values():
+            if "infer_img_s" in res:
+                res["infer_tflops"] = flops * res["infer_img_s"] / 1e12
+                if peak:
+                    res["infer_pct_peak"] = 100 * res["infer_tflops"] / peak
+    with torch.no_grad():
+        x = _inputs(2, cfg)
+        logits = {k: m.eval()(x).float() for k, m in models.items()}
+    scale = logits[ref_label].abs().max().item()
+    results["logits_max_abs_diff_vs_timm"] = {
+        k: (v - logits[ref_label]).abs().max().item() / scale for k, v in logits.items() if k != ref_label}
+    print(format_results(results, ref_label, cfg))
+    return results
+
+
+_METRICS = [  # key, label, higher is better
+    ("latency_ms", "batch-1 latency (ms)", False),
+    ("infer_img_s", "inference (img/s)", True),
+    ("infer_tflops", "inference TFLOP/s", True),
+    ("infer_pct_peak", "% of dense bf16 peak", True),
+    ("train_img_s", "train step (img/s)", True),
+    ("train_peak_mib", "train step peak (MiB)", False),
+]
+
+
+def format_results(results: dict[str, dict[str, float]], ref_label: str, cfg: BenchConfig) -> str:
+    """A plain-text table; ratios are relative to timm, > 1 meaning nfzoo is better."""
+    ref = results[ref_label]
+    labels = [k for k in results if k not in ("agc", "logits_max_abs_diff_vs_timm")]
+    width = max(map(len, labels)) + 2
+    lines = [f"{'metric':<24}" + "".join(f"{k:>{width}}" for k in labels)]
+    for key, name, higher in _METRICS:
+        if key not in ref:
+            continue
+        row = f"{name:<24}"
+        for k in labels:
+            v = results[k][key]
+            ratio = "" if k == ref_label else f" ({(v / ref[key]) if higher else (ref[key] / v):.2f}x)"
+            row += f"{f'{v:.4g}{ratio}':>{width}}"
+        lines.append(row)
+    agc = results["agc"]
+    lines.append(f"AGC over {cfg.variant.upper()}'s params: timm {agc['agc_timm_ms']:.1f} ms, nfzoo "
+                 f"{agc['agc_nfzoo_ms']:.1f} ms ({agc['agc_timm_ms'] / agc['agc_nfzoo_ms']:.2f}x)")
+    diffs = ", ".join(f"{k}: {v:.2e}" for k, v in results["logits_max_abs_diff_vs_timm"].items())
+    lines.append(f"logits max abs diff vs timm, relative to max |logit|: {diffs}")
+    return "\n".join(lines)
+
+
+def describe_device(cfg: BenchConfig) -> str:
+    if cfg.gpu:
+        return f"{torch.cuda.get_device_name()}, bf16 autocast, channels_last"
+    cpu = platform.processor() or platform.machine()
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    return f"{cpu}, {torch.get_num_threads()} threads, float32"
+
+
+def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--variant", default="f0", help="NFNet variant, f0 .. f6 (default f0)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--img-size", type=int, help="default 128 on CPU, 256 on GPU")
+    p.add_argument("--infer-batch", type=int, help="large-batch inference (default 16 CPU, 256 GPU)")
+    p.add_argument("--train-batch", type=int, help="training batch (default 8 CPU, 64 GPU)")
+    p.add_argument("--iters", type=int, help="timed iterations, median reported (default 3 CPU, 20 GPU)")
+    p.add_argument("--warmup", type=int, help="untimed iterations first (default 1 CPU, 5 GPU)")
+    p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    args = p.parse_args(argv)
+    gpu = args.device.startswith("cuda")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cfg = BenchConfig(
+        variant=args.variant, device=args.device,
+        img_size=args.img_size or (256 if gpu else 128),
+        infer_batch=args.infer_batch or (256 if gpu else 16),
+        train_batch=args.train_batch or (64 if gpu else 8),
+        iters=args.iters or (20 if gpu else 3),
+        warmup=args.warmup or (5 if gpu else 1))
+    if gpu:
+        torch.backends.cudnn.benchmark = True
+    print(f"nfzoo vs timm, NFNet-{cfg.variant.upper()} at {cfg.img_size} px on {describe_device(cfg)}; "
+          f"batch 1 / {cfg.infer_batch} inference, {cfg.train_batch} training; "
+          f"median of {cfg.iters} after {cfg.warmup} warm-up", flush=True)
+    return run(cfg)

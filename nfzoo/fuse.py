@@ -1,0 +1,118 @@
+"""Inference export: bake weight standardization into plain convolutions.
+
+``fuse(model)`` returns a copy of ``model`` in which every weight-standardized conv of the zoo
+(:class:`~nfzoo.layers.ScaledStdConv2d`, :class:`~nfzoo.layers.WSConv2d` and its 1d/3d siblings)
+is a plain ``nn.Conv1d/2d/3d`` holding the standardized weight. The result runs without any
+weight arithmetic, exports to ONNX and TorchScript, and compiles with ``torch.compile`` in one
+graph. It is for inference: training it would train the standardized weights directly.
+
+TensorFlow-style SAME padding of a strided conv depends on the input size. Given
+``input_size``, ``fuse`` resolves it once for that size: a symmetric padding becomes the conv's
+own padding, an asymmetric one a fixed zero pad (:class:`PaddedConv2d`). Without it, such convs
+keep computing their padding per input (timm's ``Conv2dSame``).
+"""
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import Conv2dSame
+from timm.layers.padding import get_same_padding
+
+from .layers.std_conv import is_weight_standardized
+
+__all__ = ["fuse", "PaddedConv2d"]
+
+
+class PaddedConv2d(nn.Conv2d):
+    """Conv2d after a fixed, possibly asymmetric, zero padding ``(left, right, top, bottom)``."""
+
+    def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pad = tuple(pad)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(F.pad(x, self.pad), self.weight, self.bias)
+
+    def extra_repr(self) -> str:
+        return super().extra_repr() + f", pad={self.pad}"
+
+
+def _same_pad(conv: nn.Conv2d, in_hw: Sequence[int]) -> tuple[int, int, int, int]:
+    """TensorFlow SAME padding (left, right, top, bottom) of ``conv`` for an input of size in_hw."""
+    ph, pw = (get_same_padding(x, k, s, d)
+              for x, k, s, d in zip(in_hw, conv.kernel_size, conv.stride, conv.dilation))
+    return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
+
+
+def _plain_conv(conv: nn.Module, in_hw: Sequence[int] | None) -> nn.Module:
+    """A plain conv equal to the weight-standardized ``conv`` (for inputs of size in_hw)."""
+    base = next(c for c in type(conv).__mro__ if c in (nn.Conv1d, nn.Conv2d, nn.Conv3d))
+    kwargs = dict(
+        in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=conv.kernel_size,
+        stride=conv.stride, padding=conv.padding, dilation=conv.dilation, groups=conv.groups,
+        bias=conv.bias is not None, padding_mode=conv.padding_mode,
+        device=conv.weight.device, dtype=conv.weight.dtype)
+    if getattr(conv, "dynamic_same_pad", False):
+        if in_hw is None:
+            base = Conv2dSame  # pads per input; takes no padding_mode (always zeros)
+            del kwargs["padding_mode"]
+        else:
+            left, right, top, bottom = _same_pad(conv, in_hw)
+            if (left, top) == (right, bottom):
+                kwargs["padding"] = (top, left)
+            else:
+                base = PaddedConv2d
+                kwargs.update(padding=0, pad=(left, right, top, bottom))
+    plain = base(**kwargs)
+    with torch.no_grad():
+        plain.weight.copy_(conv.standardized_weight())
+        if conv.bias is not None:
+            plain.bias.copy_(conv.bias)
+    return plain.train(conv.training)
+
+
+def _input_sizes(model: nn.Module, input_size: Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """Spatial input size of every SAME-padded weight-standardized conv, for one forward pass
+    of an input of ``input_size`` (C, H, W)."""
+    sizes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str):
+        def hook(module: nn.Module, args: tuple) -> None:
+            sizes.setdefault(name, tuple(args[0].shape[2:]))
+        return hook
+
+    hooks = [m.register_forward_pre_hook(record(name))
+             for name, m in model.named_modules() if getattr(m, "dynamic_same_pad", False)]
+    p = next(model.parameters())
+    try:
+        with torch.no_grad():
+            model(torch.zeros(1, *input_size, device=p.device, dtype=p.dtype))
+    finally:
+        for h in hooks:
+            h.remove()
+    return sizes
+
+
+def fuse(model: nn.Module, input_size: Sequence[int] | None = None, inplace: bool = False) -> nn.Module:
+    """Replace every weight-standardized conv of ``model`` by a plain conv with the standardized
+    weight baked in; returns the fused model (a copy unless ``inplace``).
+
+    Args:
+        input_size: ``(C, H, W)`` of the inputs the fused model will see (e.g. the model's
+            ``pretrained_cfg['input_size']``); lets SAME padding be resolved statically. The
+            fused model then expects exactly that spatial size in its strided SAME convs.
+        inplace: modify ``model`` itself instead of a deep copy.
+    """
+    in_sizes = _input_sizes(model, input_size) if input_size is not None else {}
+    if not inplace:
+        model = copy.deepcopy(model)
+    for name, module in list(model.named_modules()):
+        for child_name, child in list(module.named_children()):
+            if is_weight_standardized(child):
+                path = f"{name}.{child_name}" if name else child_name
+                setattr(module, child_name, _plain_conv(child, in_sizes.get(path)))
+    return model

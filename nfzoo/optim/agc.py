@@ -1,0 +1,201 @@
+"""Adaptive Gradient Clipping (Brock et al. 2021, "High-Performance Large-Scale Image Recognition
+Without Normalization", arXiv 2102.06171, section 4.1).
+
+For every unit ``i`` of a parameter ``W`` (an output channel: dim 0 of an OIHW conv weight or of
+an (out, in) linear weight), with ``G`` its gradient::
+
+    max_norm_i = clip * max(||W_i||, eps)                          # eps = 1e-3
+    G_i <- G_i * max_norm_i / max(||G_i||, 1e-6)   if ||G_i|| > max_norm_i
+
+A parameter with at most one dimension larger than one (a bias, a per-channel gain stored as
+(out, 1, 1, 1), a scalar skip gain) is a single unit: its whole norm is used. This is DeepMind's
+rule (their ``unitwise_norm`` squeezes the array and treats scalars and vectors as a whole); it
+differs from timm's ``adaptive_clip_grad``, which clips a (out, 1, 1, 1) gain element by element.
+
+Speed: timm's version allocates three full-size temporaries per parameter and launches about ten
+kernels for each. Here the per-unit norms of the weights and of the gradients are read once each
+(one ``torch._foreach_norm`` for all whole-tensor parameters, one reduction per matrix), the
+clipping factors of every unit of every parameter are computed in a handful of kernels on one
+concatenated vector, and the gradients are scaled in place by one ``torch._foreach_mul_``: four
+passes over memory, no temporaries the size of a parameter.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+
+import torch
+import torch.nn as nn
+from torch.optim import Optimizer
+
+__all__ = ["AGC", "adaptive_grad_clip_", "classifier_parameters"]
+
+GRAD_NORM_FLOOR = 1e-6
+
+
+def _is_unitwise(t: torch.Tensor) -> bool:
+    """True when ``t`` has units of its own along dim 0 (more than one non-singleton dim)."""
+    return sum(s > 1 for s in t.shape) > 1
+
+
+def _unit_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of every unit of every tensor, in float32, concatenated in order.
+
+    A unit-wise tensor contributes ``shape[0]`` norms, any other tensor one.
+    """
+    norms: list[torch.Tensor | None] = [None] * len(tensors)
+    whole = [i for i, t in enumerate(tensors) if not _is_unitwise(t)]
+    if whole:
+        for i, n in zip(whole, torch._foreach_norm([tensors[i] for i in whole], 2, dtype=torch.float32)):
+            norms[i] = n.view(1)
+    for i, t in enumerate(tensors):
+        if norms[i] is None:
+            norms[i] = torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float32)
+    return torch.cat(norms)  # type: ignore[arg-type]
+
+
+@torch.no_grad()
+def adaptive_grad_clip_(parameters: Iterable[torch.Tensor], clip: float = 0.01, eps: float = 1e-3) -> None:
+    """Clip the ``.grad`` of ``parameters`` in place, unit-wise, as the NFNet paper's AGC.
+
+    Parameters without a gradient are skipped. Call it on *unscaled* gradients (after
+    ``GradScaler.unscale_``) and, under DDP, after backward (the gradients are then all-reduced).
+    The classifier is not excluded here: pass only the parameters to clip (see
+    :func:`classifier_parameters`), or use the :class:`AGC` optimizer wrapper, which does it.
+    """
+    if clip <= 0 or eps <= 0:
+        raise ValueError(f"clip and eps must be positive, got clip={clip}, eps={eps}")
+    params = [p for p in parameters if p.grad is not None]
+    by_device: dict[torch.device, list[torch.Tensor]] = {}
+    for p in params:
+        if p.grad.is_sparse:
+            raise ValueError("adaptive_grad_clip_ does not support sparse gradients")
+        by_device.setdefault(p.grad.device, []).append(p)
+    for group in by_device.values():
+        grads = [p.grad for p in group]
+        max_norm = _unit_norms([p.detach() for p in group]).clamp_(min=eps).mul_(clip)
+        grad_norm = _unit_norms(grads)
+        factor = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_(min=GRAD_NORM_FLOOR), 1.0)
+        sizes = [g.shape[0] if _is_unitwise(g) else 1 for g in grads]
+        factors = [
+            f.view((-1,) + (1,) * (g.dim() - 1)) if _is_unitwise(g) else f.view(())
+            for f, g in zip(factor.split(sizes), grads)]
+        torch._foreach_mul_(grads, [f.to(g.dtype) for f, g in zip(factors, grads)])
+
+
+def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters of the final classifier named by ``model.pretrained_cfg['classifier']``
+    (timm's convention; a tuple names several heads). Empty when the classifier was removed."""
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+    names = cfg.get("classifier")
+    if names is None:
+        raise ValueError(
+            f"{type(model).__name__} has no pretrained_cfg['classifier'] naming its classifier; "
+            "pass model=None and the parameters to exclude with exclude=[...]")
+    params = []
+    for name in (names,) if isinstance(names, str) else names:
+        try:
+            params.extend(model.get_submodule(name).parameters())
+        except AttributeError as e:
+            raise ValueError(
+                f"pretrained_cfg['classifier'] = {name!r} is not a submodule of {type(model).__name__}; "
+                "pass model=None and the parameters to exclude with exclude=[...]") from e
+    return params
+
+
+class AGC(Optimizer):
+    """Wraps any optimizer so that each ``step()`` first applies adaptive gradient clipping.
+
+    The wrapper *is* the optimizer as far as the rest of torch is concerned: ``param_groups``,
+    ``state`` and ``defaults`` are the wrapped optimizer's own objects (LR schedulers, timm's
+    schedulers and ``add_param_group`` act on them), and ``state_dict()`` / ``load_state_dict()``
+    are the wrapped optimizer's, so a checkpoint is interchangeable with one of the bare optimizer.
+
+    Args:
+        optimizer: the optimizer to wrap (SGD, AdamW, LAMB, ... any ``torch.optim.Optimizer``).
+        model: when given, the parameters of its classifier (``pretrained_cfg['classifier']``,
+            e.g. ``head.fc`` for NFNets) are not clipped, as in the paper.
+        clip: the clipping threshold lambda; the paper uses 0.01 for batch 1024-4096 and smaller
+            values for larger batches.
+        eps: floor on the weight's unit norm (1e-3), so that zero-initialised weights can move.
+        exclude: further parameters not to clip.
+
+    Order with AMP (``torch.amp.GradScaler``)::
+
+        scaler.scale(loss).backward()
+        scaler.step(opt)   # unscales the grads, skips the step on inf/NaN, else calls opt.step(),
+                           # which clips the *unscaled* grads and then steps the wrapped optimizer
+        scaler.update()
+
+    If you call ``scaler.unscale_(opt)`` yourself (e.g. to log the grad norm), do it before
+    ``scaler.step(opt)`` as usual; the clip still runs inside ``step`` on the unscaled grads. The
+    wrapper deliberately does not advertise ``_step_supports_amp_scaling`` even when the wrapped
+    optimizer is fused, so that the scaler always unscales before the clip.
+
+    Under DDP the clip runs at step time, after backward, on the all-reduced gradients, so every
+    replica clips identically. Sharded flat parameters (FSDP ``use_orig_params=False``, ZeRO) are
+    not supported: their units are split across ranks.
+    """
+
+    def __init__(
+        self,
+        optimizer: Optimizer,
+        model: nn.Module | None = None,
+        *,
+        clip: float = 0.01,
+        eps: float = 1e-3,
+        exclude: Iterable[torch.Tensor] = (),
+    ):
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"AGC wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
+        if clip <= 0 or eps <= 0:
+            raise ValueError(f"clip and eps must be positive, got clip={clip}, eps={eps}")
+        excluded = list(exclude) + (classifier_parameters(model) if model is not None else [])
+        # Optimizer.__init__ would build param groups of its own; __setstate__ only sets up the
+        # hook tables and the step-profiling patch, which is what a wrapper needs.
+        self.__setstate__({
+            "optimizer": optimizer, "clip": clip, "eps": eps,
+            "_excluded": excluded,
+        })
+
+    # The wrapped optimizer's objects, looked up each time: load_state_dict replaces them.
+    param_groups = property(lambda self: self.optimizer.param_groups,
+                            lambda self, v: setattr(self.optimizer, "param_groups", v))
+    state = property(lambda self: self.optimizer.state,
+                     lambda self, v: setattr(self.optimizer, "state", v))
+    defaults = property(lambda self: self.optimizer.defaults,
+                        lambda self, v: setattr(self.optimizer, "defaults", v))
+
+    def clipped_parameters(self) -> list[torch.Tensor]:
+        """The parameters that ``step`` clips: every parameter of every group but the excluded."""
+        excluded = {id(p) for p in self._excluded}
+        return [p for g in self.param_groups for p in g["params"] if id(p) not in excluded]
+
+    @torch.no_grad()
+    def step(self, closure: Callable[[], float] | None = None) -> float | None:
+        """Evaluate ``closure`` (if any), clip the gradients, then step the wrapped optimizer.
+        An optimizer that re-evaluates the closure itself (LBFGS) sees unclipped re-evaluations."""
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        adaptive_grad_clip_(self.clipped_parameters(), self.clip, self.eps)
+        self.optimizer.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=set_to_none)
+
+    def add_param_group(self, param_group: dict) -> None:
+        self.optimizer.add_param_group(param_group)
+
+    def state_dict(self) -> dict:
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        self.optimizer.load_state_dict(state_dict)
+
+    def __getstate__(self) -> dict:
+        return dict(self.__dict__)  # Optimizer's would keep only its (here delegated) fields
+
+    def __repr__(self) -> str:
+        return f"AGC(clip={self.clip}, eps={self.eps}, excluded={len(self._excluded)} params, {self.optimizer!r})"

@@ -1,0 +1,182 @@
+"""AGC against an independent, unit-by-unit implementation of the NFNet paper's formula."""
+import copy
+import math
+import warnings
+
+import pytest
+import torch
+import torch.nn as nn
+
+from nfzoo.optim import AGC, adaptive_grad_clip_, classifier_parameters
+
+
+def reference_clip(weight: torch.Tensor, grad: torch.Tensor, clip: float, eps: float) -> torch.Tensor:
+    """REFERENCE.md §1, one unit at a time. DeepMind's unitwise_norm squeezes the array first:
+    a scalar or vector (after squeezing) is one unit; otherwise a unit is an output channel."""
+    squeezed = [s for s in weight.shape if s != 1]
+    units = [(...,)] if len(squeezed) <= 1 else [(i,) for i in range(weight.shape[0])]
+    out = grad.clone()
+    for u in units:
+        w_norm = math.sqrt(float((weight[u].double() ** 2).sum()))
+        g_norm = math.sqrt(float((grad[u].double() ** 2).sum()))
+        max_norm = clip * max(w_norm, eps)
+        if g_norm > max_norm:
+            out[u] = grad[u] * (max_norm / max(g_norm, 1e-6))
+    return out
+
+
+SHAPES = [(8, 4, 3, 3), (16, 8, 1, 1), (5, 7), (8, 1, 1, 1), (8,), (), (1, 6), (6, 1), (4, 2, 3)]
+
+
+@pytest.mark.parametrize("clip,eps", [(0.01, 1e-3), (1e-4, 1e-3), (0.5, 1e-2)])
+def test_functional_matches_reference(clip, eps):
+    gen = torch.Generator().manual_seed(0)
+    params, expected = [], []
+    for i, shape in enumerate(SHAPES):
+        p = nn.Parameter(torch.randn(shape, generator=gen))
+        if i == 1:
+            p.data[:3] = 0  # zero units: the eps floor on the weight norm decides
+        # gradients from tiny (below every threshold, and below the 1e-6 floor) to large
+        p.grad = torch.randn(shape, generator=gen) * 10.0 ** (i % 5 - 7 if i % 2 else i % 3 - 1)
+        expected.append(reference_clip(p.detach(), p.grad, clip, eps))
+        params.append(p)
+    params.append(nn.Parameter(torch.ones(3)))  # no grad: skipped
+    adaptive_grad_clip_(params, clip, eps)
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.grad, e, rtol=1e-5, atol=1e-12)
+    assert params[-1].grad is None
+
+
+def test_functional_clips_and_keeps():
+    """Both branches of the rule are taken: some units clipped to exactly max_norm, others kept."""
+    w = torch.ones(2, 4)
+    p = nn.Parameter(w.clone())
+    p.grad = torch.tensor([[1.0, 0, 0, 0], [1e-3, 0, 0, 0]])
+    adaptive_grad_clip_([p], clip=0.01)
+    torch.testing.assert_close(p.grad, torch.tensor([[0.02, 0, 0, 0], [1e-3, 0, 0, 0]]))
+
+
+def test_functional_low_precision_grads():
+    p = nn.Parameter(torch.randn(6, 5).bfloat16())
+    p.grad = torch.randn(6, 5).bfloat16()
+    expected = reference_clip(p.detach().float(), p.grad.float(), 0.01, 1e-3)
+    adaptive_grad_clip_([p], 0.01)
+    assert p.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(p.grad.float(), expected, rtol=2e-2, atol=1e-6)
+
+
+def test_bad_arguments():
+    with pytest.raises(ValueError, match="positive"):
+        adaptive_grad_clip_([], clip=0.0)
+    with pytest.raises(TypeError, match="Optimizer"):
+        AGC(object())
+
+
+class Tiny(nn.Module):
+    """A model with a timm-style pretrained_cfg naming its classifier."""
+
+    pretrained_cfg = {"classifier": "head.fc"}
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.gain = nn.Parameter(torch.zeros(()))
+        self.head = nn.Module()
+        self.head.fc = nn.Linear(8, 4)
+
+    def forward(self, x):
+        x = self.conv(x) * (1 + self.gain)
+        return self.head.fc(x.mean((2, 3)))
+
+
+def _batch():
+    gen = torch.Generator().manual_seed(1)
+    return torch.randn(4, 3, 8, 8, generator=gen) * 100, torch.tensor([0, 1, 2, 3])
+
+
+def _reference_sgd_step(model: Tiny, lr: float) -> dict[str, torch.Tensor]:
+    """Parameters after one plain SGD step on reference-clipped grads (head unclipped)."""
+    ref = copy.deepcopy(model)
+    x, y = _batch()
+    nn.functional.cross_entropy(ref(x), y).backward()
+    out = {}
+    for name, p in ref.named_parameters():
+        g = p.grad if name.startswith("head.fc") else reference_clip(p.detach(), p.grad, 0.01, 1e-3)
+        out[name] = p.detach() - lr * g
+    return out
+
+
+def test_wrapper_skips_classifier_and_steps():
+    torch.manual_seed(0)
+    model = Tiny()
+    expected = _reference_sgd_step(model, lr=0.1)
+    opt = AGC(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    assert {id(p) for p in classifier_parameters(model)} == {id(model.head.fc.weight), id(model.head.fc.bias)}
+    assert len(opt.clipped_parameters()) == 3
+    x, y = _batch()
+    nn.functional.cross_entropy(model(x), y).backward()
+    head_grad = model.head.fc.weight.grad.clone()
+    opt.step()
+    assert torch.equal(model.head.fc.weight.grad, head_grad)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], msg=name)
+
+
+def test_wrapper_without_classifier_cfg_needs_explicit_exclude():
+    model = nn.Linear(3, 3)
+    with pytest.raises(ValueError, match="exclude"):
+        AGC(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    opt = AGC(torch.optim.SGD(model.parameters(), lr=0.1), exclude=[model.bias])
+    assert opt.clipped_parameters() == [model.weight]
+
+
+def test_lr_scheduler_and_checkpoint():
+    torch.manual_seed(0)
+    model = Tiny()
+    opt = AGC(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model)
+    sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
+    x, y = _batch()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # e.g. "lr_scheduler.step() before optimizer.step()"
+        for _ in range(2):
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+            sched.step()
+    assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert opt.param_groups is opt.optimizer.param_groups
+
+    restored_model = copy.deepcopy(model)
+    restored = AGC(torch.optim.SGD(restored_model.parameters(), lr=1.0, momentum=0.9), restored_model)
+    restored.load_state_dict(copy.deepcopy(opt.state_dict()))
+    assert restored.param_groups is restored.optimizer.param_groups  # still the live groups
+    assert restored.param_groups[0]["lr"] == pytest.approx(0.025)
+    for a, b in zip(model.parameters(), restored_model.parameters()):
+        torch.testing.assert_close(opt.state[a]["momentum_buffer"], restored.state[b]["momentum_buffer"])
+
+
+def test_grad_scaler_clips_unscaled_grads():
+    torch.manual_seed(0)
+    model = Tiny()
+    expected = _reference_sgd_step(model, lr=0.1)
+    opt = AGC(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    x, y = _batch()
+    scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+    scaler.step(opt)
+    scaler.update()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.detach(), expected[name], msg=name)
+
+    before = [p.detach().clone() for p in model.parameters()]
+    opt.zero_grad()
+    scaler.scale(nn.functional.cross_entropy(model(x * float("inf")), y)).backward()
+    scaler.step(opt)  # non-finite grads: the scaler skips the step, clip included
+    assert all(torch.equal(a, p) for a, p in zip(before, model.parameters()))
+
+
+def test_fused_inner_optimizer_still_gets_unscaled_grads():
+    model = Tiny()
+    inner = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
+    assert getattr(inner, "_step_supports_amp_scaling", False)
+    assert not getattr(AGC(inner, model), "_step_supports_amp_scaling", False)
