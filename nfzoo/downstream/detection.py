@@ -1,10 +1,11 @@
 """Faster R-CNN and Mask R-CNN (torchvision) with an FPN over any zoo backbone.
 
-With ``head_norm='gn_ws'`` (the default) the FPN, the box head (4 conv + 1 fc) and the mask
-head use GroupNorm and Weight Standardization, as in the GN+WS papers' Mask R-CNN (the RPN head
-and the final predictors are plain, as there); ``'gn'`` drops WS; ``None`` gives torchvision's
-original heads (plain FPN, 2-fc box head, plain mask head). Nothing in the model then depends on
-the batch, so it trains with one or two images per device.
+The heads are those of the GN paper's Mask R-CNN (torchvision's ``*_v2`` models): a box head of
+4 convolutions and 1 fully connected layer, a 4-convolution mask head. With ``head_norm='gn_ws'``
+(the default) the FPN and these heads use GroupNorm and Weight Standardization, as in the GN+WS
+papers (the RPN head and the final predictors are plain, as there); ``'gn'`` drops WS; ``None``
+drops normalization. With a zoo backbone nothing in the model then depends on the batch, so it
+trains with one or two images per device.
 """
 from __future__ import annotations
 
@@ -13,17 +14,15 @@ from typing import Any, Sequence
 import torch.nn as nn
 from torchvision.models.detection import FasterRCNN, MaskRCNN
 from torchvision.models.detection.anchor_utils import AnchorGenerator
-from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead
+from torchvision.models.detection.faster_rcnn import FastRCNNConvFCHead, FastRCNNPredictor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
-from torchvision.models.detection.mask_rcnn import MaskRCNNHeads
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from .backbone import FPNBackbone, feature_backbone
 from .norms import HEAD_NORMS, HeadNorm, to_group_norm
 
 __all__ = ["faster_rcnn", "mask_rcnn"]
 
-HEAD_CHANNELS = 256  # FPN, box-head conv and mask-head widths of the papers
-BOX_FC = 1024
 ROI_SIZE = 7  # torchvision's MultiScaleRoIAlign output for boxes
 
 
@@ -35,6 +34,7 @@ def faster_rcnn(
     trainable_layers: int | None = 3,
     head_norm: HeadNorm = "gn_ws",
     out_indices: Sequence[int] = (1, 2, 3, 4),
+    head_channels: int = 256,
     backbone_kwargs: dict[str, Any] | None = None,
     **detector_kwargs: Any,
 ) -> FasterRCNN:
@@ -47,12 +47,14 @@ def faster_rcnn(
             ``trainable_backbone_layers``); 3 freezes the stem and the first stage.
         head_norm: ``'gn_ws'``, ``'gn'`` or ``None``, see the module docstring.
         out_indices: backbone feature levels fed to the FPN (timm's numbering; 1-4 are C2-C5).
+        head_channels: width of the FPN and of the box- and mask-head convolutions (256 in the
+            papers); the box head's fully connected layer is 4x as wide (1024).
         backbone_kwargs: passed to ``timm.create_model``.
         detector_kwargs: passed to torchvision's ``FasterRCNN`` (``min_size``, ``max_size``,
             ``rpn_post_nms_top_n_train``, ``box_detections_per_img`` ...).
     """
     return _build(FasterRCNN, backbone, num_classes, pretrained_backbone, trainable_layers, head_norm,
-                  out_indices, backbone_kwargs, detector_kwargs)
+                  out_indices, head_channels, backbone_kwargs, detector_kwargs)
 
 
 def mask_rcnn(
@@ -63,13 +65,14 @@ def mask_rcnn(
     trainable_layers: int | None = 3,
     head_norm: HeadNorm = "gn_ws",
     out_indices: Sequence[int] = (1, 2, 3, 4),
+    head_channels: int = 256,
     backbone_kwargs: dict[str, Any] | None = None,
     **detector_kwargs: Any,
 ) -> MaskRCNN:
     """Mask R-CNN with an FPN over ``backbone``; arguments as :func:`faster_rcnn`, and a 4-conv
     mask head normalized like the box head."""
     return _build(MaskRCNN, backbone, num_classes, pretrained_backbone, trainable_layers, head_norm,
-                  out_indices, backbone_kwargs, detector_kwargs)
+                  out_indices, head_channels, backbone_kwargs, detector_kwargs)
 
 
 def _build(
@@ -80,6 +83,7 @@ def _build(
     trainable_layers: int | None,
     head_norm: HeadNorm,
     out_indices: Sequence[int],
+    head_channels: int,
     backbone_kwargs: dict[str, Any] | None,
     detector_kwargs: dict[str, Any],
 ) -> FasterRCNN:
@@ -90,19 +94,20 @@ def _build(
         **(backbone_kwargs or {}))
     norm = nn.BatchNorm2d if head_norm else None  # stands for the norm; converted to GN below
     parts = dict(
-        backbone=FPNBackbone(features, HEAD_CHANNELS, norm_layer=norm),
+        backbone=FPNBackbone(features, head_channels, norm_layer=norm),
         rpn_anchor_generator=_anchor_generator(features.reductions),
-        **detector_kwargs)
+        box_head=FastRCNNConvFCHead(
+            (head_channels, ROI_SIZE, ROI_SIZE), [head_channels] * 4, [4 * head_channels], norm_layer=norm),
+        box_predictor=FastRCNNPredictor(4 * head_channels, num_classes))
+    if issubclass(detector_cls, MaskRCNN):
+        parts["mask_head"] = MaskRCNNHeads(head_channels, [head_channels] * 4, 1, norm_layer=norm)
+        parts["mask_predictor"] = MaskRCNNPredictor(head_channels, head_channels, num_classes)
     if head_norm:
-        parts["box_head"] = FastRCNNConvFCHead(
-            (HEAD_CHANNELS, ROI_SIZE, ROI_SIZE), [HEAD_CHANNELS] * 4, [BOX_FC], norm_layer=norm)
-        if issubclass(detector_cls, MaskRCNN):
-            parts["mask_head"] = MaskRCNNHeads(HEAD_CHANNELS, [HEAD_CHANNELS] * 4, 1, norm_layer=norm)
         for name in ("box_head", "mask_head"):
             if name in parts:
                 to_group_norm(parts[name], head_norm == "gn_ws")
         to_group_norm(parts["backbone"].fpn, head_norm == "gn_ws")
-    model = detector_cls(num_classes=num_classes, **parts)
+    model = detector_cls(**parts, **detector_kwargs)
     model.register_forward_pre_hook(_require_images, with_kwargs=True)
     return model
 
