@@ -7,6 +7,9 @@ import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2, param_groups_weight_decay
 
+from ..optim import AGC, classifier_parameters
+from .backbone import FeatureBackbone
+
 __all__ = ["param_groups", "create_optimizer"]
 
 _DECAYED = (nn.modules.conv._ConvNd, nn.Linear)
@@ -31,8 +34,26 @@ def create_optimizer(
     *,
     opt: str = "momentum",
     weight_decay: float = 1e-4,
+    agc_clip: float | None = None,
     **opt_kwargs: Any,
 ) -> torch.optim.Optimizer:
     """``timm.optim.create_optimizer_v2`` over :func:`param_groups` (``opt`` is a timm optimizer
-    name: ``'momentum'`` is SGD with momentum 0.9, ``'sgd'`` adds Nesterov, ``'adamw'`` ...)."""
-    return create_optimizer_v2(param_groups(model, weight_decay), opt=opt, lr=lr, **opt_kwargs)
+    name: ``'momentum'`` is SGD with momentum 0.9, ``'sgd'`` adds Nesterov, ``'adamw'`` ...).
+
+    ``agc_clip`` wraps it in :class:`nfzoo.optim.AGC` with that threshold, for NF backbones. In a
+    model built by :mod:`nfzoo.downstream` only the backbone is clipped: AGC is what stabilizes
+    the normalizer-free network, the FPN and heads are normalized, and the final predictors are
+    the layers the NFNet paper leaves unclipped. In a plain timm model the classifier is excluded.
+    """
+    optimizer = create_optimizer_v2(param_groups(model, weight_decay), opt=opt, lr=lr, **opt_kwargs)
+    if agc_clip is None:
+        return optimizer
+    return AGC(optimizer, clip=agc_clip, exclude=_not_clipped(model))
+
+
+def _not_clipped(model: nn.Module) -> list[nn.Parameter]:
+    backbones = [m for m in model.modules() if isinstance(m, FeatureBackbone)]
+    if not backbones:
+        return classifier_parameters(model)
+    clipped = {id(p) for backbone in backbones for p in backbone.parameters()}
+    return [p for p in model.parameters() if id(p) not in clipped]
