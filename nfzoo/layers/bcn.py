@@ -1,0 +1,196 @@
+"""Batch-Channel Normalization (Qiao et al., "Micro-Batch Training with Batch-Channel
+Normalization and Weight Standardization", arXiv 1903.10520), as in the authors' ImageNet release.
+
+BCN normalizes twice: first over the batch (a BatchNorm over the channels, the module ``pbn``),
+then over channel groups of each sample (a group norm without running statistics) followed by
+an affine transform *per group* (``weight`` and ``bias`` of shape ``(1, G, 1)``). The layout
+matches the authors' checkpoints key for key.
+
+The batch part comes in two kinds, chosen by ``batch_stats``:
+
+* ``'batch'`` (:class:`SyncedBatchNorm2d`): ordinary batch statistics in training, running
+  statistics in eval (momentum 0.1, eps 1e-5). This is how the released ImageNet models were
+  trained.
+* ``'estimate'`` (:class:`EstimatedBatchNorm2d`): the authors' estimated statistics for
+  micro-batch training. Training updates running estimates from the micro-batch (without
+  gradient) and always normalizes with the estimates, so no gradient flows between samples
+  and tiny batches give the same normalization as large ones.
+
+Under ``torch.distributed`` (initialized, world size > 1) the batch statistics seen in
+training are those of the global batch, like ``torch.nn.SyncBatchNorm``, on any backend
+(gloo on CPU included). Every process must then run the layer the same number of times.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
+
+__all__ = ["BatchChannelNorm2d", "BatchStats", "EstimatedBatchNorm2d", "SyncedBatchNorm2d"]
+
+BatchStats = Literal["batch", "estimate"]
+
+
+def _synchronized(group: dist.ProcessGroup | None) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+def _channel_mean(x: torch.Tensor, group: dist.ProcessGroup | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel mean of ``x`` (N, C, ...) over every dim but C, and the number of elements
+    averaged; over the processes of ``group`` when distributed (differentiable: the gradient
+    is all-reduced back, as SyncBatchNorm's backward does)."""
+    dims = [0, *range(2, x.dim())]
+    if not _synchronized(group):
+        return x.mean(dims), x.new_tensor(float(x.numel() // x.shape[1]))
+    sums = torch.cat([x.sum(dims), x.new_tensor([float(x.numel() // x.shape[1])])])
+    sums = differentiable_all_reduce(sums, group=group)
+    return sums[:-1] / sums[-1], sums[-1]
+
+
+def _as_channels(t: torch.Tensor, dim: int) -> torch.Tensor:
+    return t.view(-1, *([1] * (dim - 2)))
+
+
+class SyncedBatchNorm2d(nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` whose training statistics are those of the global batch under
+    ``torch.distributed`` (on any backend); otherwise exactly ``nn.BatchNorm2d``.
+
+    The distributed path computes the mean, then the variance around it (two all-reduces of C
+    values each), in float32, and updates the running variance with the unbiased global
+    variance, as ``nn.SyncBatchNorm`` does.
+    """
+
+    def __init__(self, num_features: int, *args, process_group: dist.ProcessGroup | None = None, **kwargs):
+        super().__init__(num_features, *args, **kwargs)
+        self.process_group = process_group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not (self.training and _synchronized(self.process_group)):
+            return super().forward(x)
+        self._check_input_dim(x)
+        xf = x.float()
+        mean, count = _channel_mean(xf, self.process_group)
+        var, _ = _channel_mean((xf - _as_channels(mean, x.dim())) ** 2, self.process_group)
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                factor = 1.0 / self.num_batches_tracked.item() if self.momentum is None else self.momentum
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), factor)
+                unbiased = var * count / (count - 1).clamp(min=1)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), factor)
+        out = (xf - _as_channels(mean, x.dim())) * _as_channels(torch.rsqrt(var + self.eps), x.dim())
+        if self.affine:
+            out = out * _as_channels(self.weight, x.dim()) + _as_channels(self.bias, x.dim())
+        return out.to(x.dtype)
+
+
+class EstimatedBatchNorm2d(nn.BatchNorm2d):
+    """The authors' estimated batch normalization for micro-batch training ("EstBN").
+
+    In training, without gradient, ``running_mean <- (1 - r) running_mean + r mean(x)`` and
+    ``running_var <- (1 - r) running_var + r mean((x - old running_mean)^2)`` per channel, then
+    the output is normalized with the updated estimates,
+    ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``. Eval uses the estimates
+    unchanged. Under ``torch.distributed`` the update uses the global batch's moments, so the
+    estimates stay identical on every process.
+
+    Args:
+        moving_speed: ``r`` above. Stored in the buffer ``estbn_moving_speed`` (the authors'
+            name), so that it travels with checkpoints; loading a checkpoint without it (e.g.
+            the released batch-statistics BCN weights) keeps this value. The authors' layer
+            defaults to 0 (frozen estimates, set by their training scripts); 0.01 here is an
+            assumption suited to fine-tuning from batch-statistics weights.
+    """
+
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        moving_speed: float = 0.01,
+        process_group: dist.ProcessGroup | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__(num_features, eps=eps, device=device, dtype=dtype)
+        self.register_buffer("estbn_moving_speed", torch.full((1,), float(moving_speed), device=device))
+        self.process_group = process_group
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input_dim(x)
+        if self.training:
+            with torch.no_grad():
+                xf = x.float()
+                mean, _ = _channel_mean(xf, self.process_group)
+                var, _ = _channel_mean((xf - _as_channels(self.running_mean, x.dim())) ** 2, self.process_group)
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.estbn_moving_speed)
+                self.running_var.lerp_(var.to(self.running_var.dtype), self.estbn_moving_speed)
+        return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        state_dict.setdefault(prefix + "estbn_moving_speed", self.estbn_moving_speed)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_features}, eps={self.eps}, moving_speed={self.estbn_moving_speed.item():g}"
+
+
+class BatchChannelNorm2d(nn.Module):
+    """Batch-Channel Normalization: ``pbn`` (batch part) then group normalization over
+    ``num_groups`` groups of each sample (biased variance, eps 1e-5, no running statistics)
+    with a per-group affine ``weight``/``bias`` of shape ``(1, num_groups, 1)``.
+
+    Args:
+        num_channels: C; must be divisible by ``num_groups``.
+        num_groups: 32 in the authors' models.
+        batch_stats: ``'batch'`` for ordinary (synchronized) batch statistics, as the released
+            ImageNet models; ``'estimate'`` for the estimated statistics of micro-batch training.
+        moving_speed: the estimates' moving speed ``r`` (``batch_stats='estimate'`` only).
+        momentum: the batch part's running-statistics momentum (``batch_stats='batch'`` only).
+        process_group: the processes whose batches are pooled under torch.distributed
+            (default: all).
+    """
+
+    def __init__(
+        self,
+        num_channels: int,
+        num_groups: int = 32,
+        eps: float = 1e-5,
+        batch_stats: BatchStats = "batch",
+        momentum: float = 0.1,
+        moving_speed: float = 0.01,
+        process_group: dist.ProcessGroup | None = None,
+        device=None,
+        dtype=None,
+    ):
+        super().__init__()
+        if num_channels % num_groups:
+            raise ValueError(
+                f"BatchChannelNorm2d: {num_channels} channels cannot be split into {num_groups} groups; "
+                f"num_groups must divide num_channels")
+        dd = dict(device=device, dtype=dtype)
+        if batch_stats == "batch":
+            self.pbn = SyncedBatchNorm2d(num_channels, eps=eps, momentum=momentum, process_group=process_group, **dd)
+        elif batch_stats == "estimate":
+            self.pbn = EstimatedBatchNorm2d(
+                num_channels, eps=eps, moving_speed=moving_speed, process_group=process_group, **dd)
+        else:
+            raise ValueError(f"batch_stats must be 'batch' or 'estimate', got {batch_stats!r}")
+        self.num_channels = num_channels
+        self.num_groups = num_groups
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(1, num_groups, 1, **dd))
+        self.bias = nn.Parameter(torch.zeros(1, num_groups, 1, **dd))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pbn(x)
+        per_group = self.num_channels // self.num_groups
+        weight = self.weight.reshape(-1).repeat_interleave(per_group)
+        bias = self.bias.reshape(-1).repeat_interleave(per_group)
+        return F.group_norm(x, self.num_groups, weight, bias, self.eps)
+
+    def extra_repr(self) -> str:
+        return f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}"

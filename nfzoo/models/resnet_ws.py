@@ -1,0 +1,253 @@
+"""ResNet and ResNeXt with Weight Standardization and GroupNorm (GN+WS) or Batch-Channel
+Normalization (BCN+WS), Qiao et al., "Micro-Batch Training with Batch-Channel Normalization
+and Weight Standardization" (arXiv 1903.10520), with the authors' ImageNet weights.
+
+The network is timm's :class:`~timm.models.resnet.ResNet` in torchvision's v1.5 layout (stride
+on the 3x3 conv, torchvision's module names, so the authors' checkpoints load key for key),
+with every convolution weight-standardized and the norm chosen by name from
+:data:`nfzoo.layers.NORMS` (``'gn_ws'``, ``'bcn_ws'``, ``'bcn_ws_est'``, ``'bn'``, ``'gn'`` ...).
+Reusing timm's class gives the whole timm interface (features_only, forward_intermediates,
+output_stride for dilated backbones, stochastic depth, gradient checkpointing).
+
+Numerics as released: WS divides by ``unbiased_std + 1e-5`` with GN, by
+``sqrt(unbiased_var + 1e-5)`` with BCN; GN and BCN use 32 groups; BCN's group affine is per
+group; BCN blocks start with the last norm's weight at zero (timm's ``zero_init_last``).
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Any, Callable, Iterator
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.models import generate_default_cfgs
+from timm.models.resnet import Bottleneck, ResNet
+
+from ..layers.bcn import BatchChannelNorm2d
+from ..layers.norm import NormChoice, get_norm
+from ..weights import manifest, pretrained_cfg
+from ._builder import build_zoo_model
+from ._registry import register_zoo_model
+
+__all__ = ["ResNetWS", "ResNetWSCfg", "resnet_ws", "checkpoint_filter_fn", "ARCHS"]
+
+
+@dataclass(frozen=True)
+class ResNetWSCfg:
+    """One network: bottleneck blocks per stage, ResNeXt cardinality and base width, norm name."""
+
+    depths: tuple[int, int, int, int]
+    cardinality: int = 1
+    base_width: int = 64
+    norm: str = "gn_ws"
+
+
+ARCHS: dict[str, ResNetWSCfg] = {
+    "resnet50": ResNetWSCfg((3, 4, 6, 3)),
+    "resnet101": ResNetWSCfg((3, 4, 23, 3)),
+    "resnext50_32x4d": ResNetWSCfg((3, 4, 6, 3), cardinality=32, base_width=4),
+    "resnext101_32x4d": ResNetWSCfg((3, 4, 23, 3), cardinality=32, base_width=4),
+}
+
+# The registered models: those with the authors' weights.
+MODELS = (
+    "resnet50_gn_ws", "resnet101_gn_ws", "resnext50_32x4d_gn_ws", "resnext101_32x4d_gn_ws",
+    "resnet50_bcn_ws", "resnet101_bcn_ws", "resnext50_32x4d_bcn_ws",
+)
+_STAGE_PLANES = (64, 128, 256, 512)
+
+
+def _norm_channels(cfg: ResNetWSCfg) -> Iterator[tuple[str, int]]:
+    """(layer names, channels) of every norm layer the network has."""
+    yield "bn1", 64
+    for i, planes in enumerate(_STAGE_PLANES, 1):
+        width = int(planes * cfg.base_width / 64) * cfg.cardinality
+        yield f"layer{i}.*.bn1 and bn2", width
+        yield f"layer{i}.*.bn3 and downsample.1", planes * Bottleneck.expansion
+
+
+def _check_groups(cfg: ResNetWSCfg, choice: NormChoice, num_groups: int | None) -> None:
+    groups = num_groups or choice.num_groups
+    if groups is None:
+        return
+    for name, channels in _norm_channels(cfg):
+        if channels % groups:
+            raise ValueError(
+                f"norm {cfg.norm!r} with {groups} groups cannot normalize layer {name}: its {channels} "
+                f"channels are not divisible by {groups}; choose norm_groups dividing every width")
+
+
+def _standardize_convs(module: nn.Module, conv_layer: Callable[..., nn.Conv2d]) -> None:
+    """Replace every plain nn.Conv2d under ``module`` by ``conv_layer``, keeping its parameters."""
+    for name, child in module.named_children():
+        if type(child) is not nn.Conv2d:
+            _standardize_convs(child, conv_layer)
+            continue
+        conv = conv_layer(
+            child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
+            padding=child.padding, dilation=child.dilation, groups=child.groups, bias=False, device="meta")
+        conv.weight, conv.bias = child.weight, child.bias
+        setattr(module, name, conv)
+
+
+class ResNetWS(ResNet):
+    """timm's ResNet (v1.5, torchvision layout) with the convolutions and norms of a ``norm`` choice.
+
+    Args:
+        cfg: the network (depths, cardinality, base width, norm name).
+        norm_groups: group count of a grouped norm, overriding the choice's default (32).
+        **kwargs: timm ResNet's arguments (num_classes, in_chans, output_stride, drop_rate,
+            drop_path_rate, zero_init_last, ...).
+    """
+
+    def __init__(self, cfg: ResNetWSCfg, norm_groups: int | None = None, **kwargs: Any):
+        choice = get_norm(cfg.norm)
+        _check_groups(cfg, choice, norm_groups)
+        super().__init__(
+            Bottleneck, cfg.depths, cardinality=cfg.cardinality, base_width=cfg.base_width,
+            norm_layer=choice.layer_factory(norm_groups), **kwargs)
+        if choice.conv_layer is not nn.Conv2d:
+            _standardize_convs(self, choice.conv_layer)
+        self.cfg = cfg
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """BCN's per-group weights: 3-D, so timm's no-decay rule for 1-D norm params misses them."""
+        return {f"{name}.weight" for name, m in self.named_modules() if isinstance(m, BatchChannelNorm2d)}
+
+
+# ---------------------------------------------------------------- checkpoints
+
+_NORM_KINDS = {"bcn": "Batch-Channel Norm (BCN)", "bn": "BatchNorm", "gn": "GroupNorm"}
+_OPTIONAL_KEYS = ("num_batches_tracked", "estbn_moving_speed")  # a checkpoint may lack them
+
+
+def _norm_kind(keys) -> str:
+    if any(".pbn." in k for k in keys):
+        return "bcn"
+    return "bn" if "bn1.running_mean" in keys else "gn"
+
+
+def _describe(state_dict: dict[str, torch.Tensor]) -> str:
+    depths = tuple(
+        len({k.split(".")[1] for k in state_dict if k.startswith(f"layer{i}.")}) for i in range(1, 5))
+    text = f"blocks per stage {depths}"
+    conv2 = state_dict.get("layer1.0.conv2.weight")
+    if conv2 is not None:
+        text += f", layer1 3x3 conv {conv2.shape[0]} channels in {conv2.shape[0] // conv2.shape[1]} groups"
+    return text
+
+
+def _rename(key: str) -> str:
+    # DataParallel's prefix (the authors' files); OpenMMLab's mirrors name GroupNorm layers gn1..gn3.
+    return re.sub(r"(^|\.)gn(\d)\.", r"\1bn\2.", key.removeprefix("module."))
+
+
+def checkpoint_filter_fn(checkpoint: dict[str, Any], model: ResNetWS) -> dict[str, torch.Tensor]:
+    """The authors' GN+WS / BCN+WS files (``module.`` prefix, BCN's ``pbn`` and per-group
+    affine), OpenMMLab's GN+WS mirrors (``{'state_dict': ...}``, ``gnX`` names) or our own
+    state dicts, as this model's state dict; a clear error for another architecture or norm.
+    """
+    if isinstance(checkpoint.get("state_dict"), dict):
+        checkpoint = checkpoint["state_dict"]
+    state_dict = {_rename(k): v for k, v in checkpoint.items()}
+    expected = model.state_dict()
+    arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
+    have, want = _norm_kind(state_dict), _norm_kind(expected)
+    if have != want:
+        raise ValueError(
+            f"the checkpoint has {_NORM_KINDS[have]} layers but this {arch} model uses {_NORM_KINDS[want]}; "
+            f"build the model with the checkpoint's norm (e.g. resnet_ws(arch, norm=...) or the matching "
+            f"*_{'bcn_ws' if have == 'bcn' else 'gn_ws'} model)")
+    classifier = model.get_classifier(name_only=True) + "."
+    missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_KEYS)
+               and not k.startswith(classifier)]
+    unexpected = [k for k in state_dict if k not in expected and not k.startswith(classifier)]
+    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
+                  for k in state_dict if k in expected and not k.startswith(classifier)
+                  and state_dict[k].shape != expected[k].shape]
+    if missing or unexpected or mismatched:
+        problems = [f"{label} ({len(keys)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+                    for label, keys in (("missing", missing), ("unexpected", unexpected),
+                                        ("shape mismatch", mismatched)) if keys]
+        raise ValueError(
+            f"the checkpoint is for another architecture than {arch}: checkpoint has {_describe(state_dict)}, "
+            f"the model {_describe(expected)}. " + "; ".join(problems))
+    return state_dict
+
+
+# ---------------------------------------------------------------- entry points
+
+def _cfg(**kwargs: Any) -> dict[str, Any]:
+    return dict(
+        num_classes=1000, input_size=(3, 224, 224), pool_size=(7, 7), crop_pct=0.875,
+        interpolation="bilinear", mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD,
+        first_conv="conv1", classifier="fc", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    name: pretrained_cfg(name, **_cfg()) for name, ckpt in manifest().items() if ckpt.model in MODELS})
+
+
+def resnet_ws(arch: str = "resnet50", norm: str = "gn_ws", pretrained: bool = False, **kwargs: Any) -> ResNetWS:
+    """Build ``arch`` (``'resnet50'``, ``'resnet101'``, ``'resnext50_32x4d'``, ``'resnext101_32x4d'``)
+    with any ``norm`` of :data:`nfzoo.layers.NORMS`; pretrained weights exist for the registered
+    ``<arch>_gn_ws`` and ``<arch>_bcn_ws`` models. ``kwargs`` go to :class:`ResNetWS` and timm's builder.
+    """
+    if arch not in ARCHS:
+        raise ValueError(f"unknown arch {arch!r}; choose one of {sorted(ARCHS)}")
+    get_norm(norm)
+    variant = f"{arch}_{norm}"
+    if variant not in MODELS:
+        if pretrained:
+            raise ValueError(
+                f"no pretrained weights for {arch} with norm {norm!r}; weights exist for "
+                f"{sorted(m for m in MODELS if m.startswith(arch + '_'))}")
+        kwargs.setdefault("pretrained_cfg", _cfg())
+    return build_zoo_model(
+        ResNetWS, variant, pretrained, checkpoint_filter=checkpoint_filter_fn,
+        model_cfg=replace(ARCHS[arch], norm=norm), **kwargs)
+
+
+@register_zoo_model
+def resnet50_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
+    """ResNet-50 v1.5, GroupNorm (32 groups) + WS; authors' weights 76.28 top-1."""
+    return resnet_ws("resnet50", "gn_ws", pretrained, **kwargs)
+
+
+@register_zoo_model
+def resnet101_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
+    """ResNet-101 v1.5, GroupNorm (32 groups) + WS; authors' weights 77.90 top-1."""
+    return resnet_ws("resnet101", "gn_ws", pretrained, **kwargs)
+
+
+@register_zoo_model
+def resnext50_32x4d_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
+    """ResNeXt-50 32x4d, GroupNorm (32 groups) + WS; authors' weights 77.29 top-1."""
+    return resnet_ws("resnext50_32x4d", "gn_ws", pretrained, **kwargs)
+
+
+@register_zoo_model
+def resnext101_32x4d_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
+    """ResNeXt-101 32x4d, GroupNorm (32 groups) + WS; authors' weights 78.20 top-1."""
+    return resnet_ws("resnext101_32x4d", "gn_ws", pretrained, **kwargs)
+
+
+@register_zoo_model
+def resnet50_bcn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
+    """ResNet-50 v1.5, Batch-Channel Norm + WS (authors' weights)."""
+    return resnet_ws("resnet50", "bcn_ws", pretrained, **kwargs)
+
+
+@register_zoo_model
+def resnet101_bcn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
+    """ResNet-101 v1.5, Batch-Channel Norm + WS (authors' weights)."""
+    return resnet_ws("resnet101", "bcn_ws", pretrained, **kwargs)
+
+
+@register_zoo_model
+def resnext50_32x4d_bcn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
+    """ResNeXt-50 32x4d, Batch-Channel Norm + WS (authors' weights)."""
+    return resnet_ws("resnext50_32x4d", "bcn_ws", pretrained, **kwargs)
