@@ -32,7 +32,7 @@ def build_zoo_model(
     """
     tag = kwargs.get("pretrained_cfg")
     if isinstance(tag, str):
-        known = sorted(t for t in get_arch_pretrained_cfgs(variant) if t)
+        known = sorted(name.split(".", 1)[1] for name in get_arch_pretrained_cfgs(variant) if "." in name)
         if tag not in known:
             hint = (f"use one of {known}, e.g. '{variant}.{known[0]}'" if known
                     else "no weights exist for it: create it without a tag")
