@@ -4,7 +4,11 @@ from __future__ import annotations
 from typing import Any, Callable
 
 import torch.nn as nn
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import LocalEntryNotFoundError
 from timm.models import build_model_with_cfg
+from timm.models._builder import resolve_pretrained_cfg
+from timm.models._registry import get_arch_pretrained_cfgs
 
 __all__ = ["build_zoo_model"]
 
@@ -22,6 +26,25 @@ def build_zoo_model(
     Every zoo family goes through here, so pretrained loading (checkpoint filters, verified
     downloads) behaves the same for all of them. ``kwargs`` are passed to
     ``build_model_with_cfg`` (``model_cfg``, ``feature_cfg``, model arguments ...).
+    A pretrained tag (``create_model('name.tag')``) that the model does not have is refused
+    with the list of those it has; Hub weights missing from an offline cache are reported with
+    the repository's name.
     """
-    return build_model_with_cfg(
-        model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter, **kwargs)
+    tag = kwargs.get("pretrained_cfg")
+    if isinstance(tag, str):
+        known = sorted(name.split(".", 1)[1] for name in get_arch_pretrained_cfgs(variant) if "." in name)
+        if tag not in known:
+            hint = (f"use one of {known}, e.g. '{variant}.{known[0]}'" if known
+                    else "no weights exist for it: create it without a tag")
+            raise ValueError(f"{variant} has no pretrained tag {tag!r}; {hint}")
+    try:
+        return build_model_with_cfg(
+            model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter, **kwargs)
+    except LocalEntryNotFoundError as e:
+        repo = resolve_pretrained_cfg(
+            variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).hf_hub_id
+        raise LocalEntryNotFoundError(
+            f"the weights of {variant} (Hugging Face repository {repo}) are not in the local cache "
+            f"{hf_constants.HF_HUB_CACHE} and the Hub cannot be reached (offline: "
+            f"HF_HUB_OFFLINE={int(hf_constants.HF_HUB_OFFLINE)}). Download them once with network access "
+            f"(`huggingface-cli download {repo}`), or point HF_HUB_CACHE at a cache that holds them.") from e

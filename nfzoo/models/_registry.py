@@ -25,13 +25,13 @@ def register_zoo_model(fn: F) -> F:
     name = fn.__name__
     previous = timm_registry._model_entrypoints.get(name)
     if previous is not None and not previous.__module__.startswith("nfzoo."):
-        if name in timm_registry._model_has_pretrained:
+        if any(n.split(".", 1)[0] == name for n in timm_registry._model_has_pretrained):
             raise RuntimeError(
                 f"nfzoo must not replace timm's {name!r}: timm has pretrained weights for it. "
                 "Give the nfzoo model another name.")
-        timm_registry._clear_model_entries(name)
         REPLACED_TIMM_MODELS.add(name)
-    elif previous is not None:  # the same nfzoo module imported again (e.g. importlib.reload)
-        timm_registry._clear_model_entries(name)
+    if previous is not None:  # timm's weightless model, or this module imported again (importlib.reload)
+        timm_registry._clear_model_entries(name)  # leaves the entry point, whose presence makes timm warn
+        del timm_registry._model_entrypoints[name]
     ZOO_MODELS.add(name)
     return timm_registry.register_model(fn)

@@ -1,0 +1,210 @@
+"""``nfzoo-validate``: ImageNet-1k validation of zoo (or any timm) models.
+
+With no ``--data-dir`` it validates on a small generated dataset, offline, so that the whole
+pipeline runs end to end on a fresh machine; see docs/eval.md.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import nfzoo  # noqa: F401  (registers the zoo's models with timm)
+
+from . import distributed
+from .errors import EvaluationError
+from .labels import RealLabels
+from .loop import AMP_DTYPES, EvalOptions, EvalResult, evaluate
+from .models import count_macs, count_params, create_model, expand_model_names, expected_accuracy, prepare_model
+from .plot import plot_accuracy_vs_throughput
+from .preprocess import eval_data_config
+from .report import DEFAULT_TOLERANCE, FIELDS, check_row, check_suffix, format_table, write_results
+from .sources import open_source
+from .synthetic import make_image_folder
+
+__all__ = ["main", "parse_args", "run"]
+
+DEFAULT_MODEL = "nfnet_f0"
+IMAGENET_VAL_IMAGES = 50_000
+# The embedded dataset: small and at a reduced size, so that NFNet-F0 runs in about a minute
+# on two CPU cores.
+DEMO_IMAGES = 32
+DEMO_IMG_SIZE = 128
+DEMO_BATCH_SIZE = 16
+BATCH_SIZE = 256
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="nfzoo-validate", description="Validate ImageNet-1k top-1/top-5 of zoo models.")
+    p.add_argument("--model", nargs="+", default=[DEFAULT_MODEL],
+                   help="model names: 'nfnet_f0', 'nfnet_f0.dm_in1k', 'hf-hub:org/repo', or a glob over the "
+                        f"zoo's checkpoints ('nfnet_f*') (default: {DEFAULT_MODEL})")
+    weights = p.add_mutually_exclusive_group()
+    weights.add_argument("--pretrained", action="store_true", help="load the model's pretrained weights")
+    weights.add_argument("--checkpoint", type=Path, metavar="FILE", help="load weights from FILE")
+    data = p.add_argument_group("data")
+    data.add_argument("--data-dir", type=Path, help="ImageNet validation data: a folder of 1000 class folders, "
+                      "the flat ILSVRC2012_val_*.JPEG folder (with --ground-truth), or parquet shards. "
+                      "Without it, a small generated dataset is used.")
+    data.add_argument("--ground-truth", type=Path, metavar="FILE", help="labels for the flat folder")
+    data.add_argument("--gt-meta", type=Path, metavar="FILE",
+                      help="the devkit's data/meta.mat or an 'ID synset' text file, for devkit ILSVRC2012_IDs")
+    data.add_argument("--class-map", type=Path, metavar="FILE",
+                      help="folder -> class index for an image folder that is not the 1000 ImageNet classes")
+    data.add_argument("--real-labels", nargs="?", const=True, metavar="FILE",
+                      help="also report ImageNet-ReaL accuracy (timm's bundled labels, or FILE)")
+    data.add_argument("--strict", action="store_true", help="stop at the first unreadable image")
+    data.add_argument("--demo-images", type=int, default=DEMO_IMAGES, help=argparse.SUPPRESS)
+    pre = p.add_argument_group("preprocessing (default: the model's pretrained cfg at its test size)")
+    pre.add_argument("--img-size", type=int, help="override the input size")
+    pre.add_argument("--crop-pct", type=float, help="override the crop fraction")
+    run = p.add_argument_group("run")
+    run.add_argument("--batch-size", type=int, help=f"default {BATCH_SIZE} ({DEMO_BATCH_SIZE} on the generated dataset)")
+    run.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1), help="data-loading processes")
+    run.add_argument("--device", help="default: cuda (this process's LOCAL_RANK GPU) when available, else cpu")
+    run.add_argument("--amp", choices=sorted(AMP_DTYPES), help="autocast precision (default: fp32)")
+    run.add_argument("--channels-last", action="store_true")
+    run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--seed", type=int, default=0, help="seed of random-init weights")
+    run.add_argument("--no-progress", action="store_true")
+    out = p.add_argument_group("results")
+    out.add_argument("--results-file", type=Path, help="write one row per model (.json or .csv)")
+    out.add_argument("--plot", type=Path, metavar="PNG", help="plot top-1 against images/s")
+    out.add_argument("--check", action="store_true",
+                     help="compare with the manifest's published top-1/top-5; exit 1 on a miss")
+    out.add_argument("--tolerance", type=float, default=DEFAULT_TOLERANCE,
+                     help=f"--check tolerance in percentage points (default {DEFAULT_TOLERANCE})")
+    return p.parse_args(argv)
+
+
+def _weights(args: argparse.Namespace) -> str:
+    return "pretrained" if args.pretrained else "checkpoint" if args.checkpoint else "random"
+
+
+def _preflight(args: argparse.Namespace, names: list[str]) -> None:
+    """Refuse, before any work, what cannot give a meaningful result."""
+    if args.results_file is not None:
+        check_suffix(args.results_file)
+    if args.plot is not None and args.plot.suffix != ".png":
+        raise EvaluationError(f"--plot {args.plot} must end in .png")
+    if not args.check:
+        return
+    if args.data_dir is None:
+        raise EvaluationError("--check needs the ImageNet validation set (--data-dir): the published "
+                              "accuracies are measured on all 50,000 images")
+    if _weights(args) == "random":
+        raise EvaluationError("--check compares trained weights with their published accuracy: add "
+                              "--pretrained or --checkpoint FILE")
+    for name in names:
+        entry = expected_accuracy(name)
+        if entry is None:
+            raise EvaluationError(f"--check: {name} has no pretrained weights in the nfzoo manifest, so there is "
+                                  "no published accuracy to compare with")
+        if entry.top1 is None or entry.top5 is None:
+            raise EvaluationError(f"--check: no published top-1/top-5 is known for {entry.name}")
+
+
+def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[str, Any], result: EvalResult,
+         options: EvalOptions, params: int, macs: int, runtime: distributed.Runtime, data: str) -> dict[str, Any]:
+    pcfg = getattr(model, "pretrained_cfg", {}) or {}
+    weights = _weights(args)
+    entry = expected_accuracy(name) if weights != "random" else None
+    row = dict.fromkeys(("expected_top1", "expected_top5", "delta_top1", "delta_top5", "check"))
+    row.update(
+        model=pcfg.get("architecture") or name, tag=pcfg.get("tag"), weights=weights,
+        top1=round(result.top1, 3), top5=round(result.top5, 3),
+        real_top1=result.real_top1, real_top5=result.real_top5,
+        images=result.images, bad_images=len(result.bad_images), img_per_sec=round(result.images_per_sec, 2),
+        device=torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "cpu",
+        processes=runtime.world_size, precision=args.amp or "fp32", channels_last=args.channels_last,
+        compiled=args.compile, batch_size=options.batch_size, img_size=cfg["input_size"][-1],
+        crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"], interpolation=cfg["interpolation"],
+        params_m=round(params / 1e6, 3), gmacs=round(macs / 1e9, 3), data=data,
+    )
+    if entry is not None and entry.top1 is not None:
+        row.update(expected_top1=entry.top1, expected_top5=entry.top5,
+                   delta_top1=round(result.top1 - entry.top1, 3), delta_top5=round(result.top5 - entry.top5, 3))
+        if args.check:
+            row["check"] = "pass" if check_row(row, args.tolerance) else "fail"
+    return {k: row[k] for k in FIELDS}
+
+
+def run(args: argparse.Namespace) -> int:
+    """Validate every model; returns the exit status (1 when a --check misses)."""
+    names = expand_model_names(args.model)
+    _preflight(args, names)
+    runtime = distributed.start(args.device)
+    say = print if runtime.is_main else (lambda *a, **k: None)
+    with ExitStack() as cleanup:
+        cleanup.callback(distributed.stop, runtime)
+        if args.data_dir is None:
+            root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="nfzoo-demo-")))
+            source = open_source(make_image_folder(root, args.demo_images, seed=args.seed))
+            source.description = "generated random images"
+            img_size = args.img_size or DEMO_IMG_SIZE
+            batch_size = args.batch_size or DEMO_BATCH_SIZE
+            say(f"NOTE: no --data-dir given: validating on {args.demo_images} generated random images in "
+                f"ImageNet's folder layout at {img_size} px. This exercises the whole pipeline offline; the "
+                "accuracy it reports means nothing. Pass --data-dir for ImageNet.")
+        else:
+            source = open_source(args.data_dir, ground_truth=args.ground_truth, gt_meta=args.gt_meta,
+                                 class_map=args.class_map)
+            img_size, batch_size = args.img_size, args.batch_size or BATCH_SIZE
+        if args.check and len(source) != IMAGENET_VAL_IMAGES:
+            raise EvaluationError(f"--check compares with accuracies measured on all {IMAGENET_VAL_IMAGES} ImageNet "
+                                  f"validation images; {source.description} holds {len(source)}")
+        real = None
+        if args.real_labels:
+            real = RealLabels(None if args.real_labels is True else Path(args.real_labels))
+        if _weights(args) == "random":
+            say("NOTE: random-init weights (no --pretrained or --checkpoint): accuracy is at chance level; "
+                "use this for speed, not for accuracy.")
+        say(f"data: {source.description}, {len(source)} images; {runtime.world_size} process(es) on {runtime.device}")
+        options = EvalOptions(batch_size=batch_size, workers=args.workers, amp=args.amp,
+                              channels_last=args.channels_last, strict=args.strict, progress=not args.no_progress)
+        rows = []
+        for name in names:
+            model = create_model(name, _weights(args), args.checkpoint, seed=args.seed)
+            cfg = eval_data_config(model, img_size, args.crop_pct)
+            model = prepare_model(model, runtime, args.channels_last)
+            params, macs = count_params(model), count_macs(model, cfg["input_size"])
+            say(f"{name}: {params / 1e6:.2f} M params, {macs / 1e9:.2f} GMACs at {cfg['input_size'][-1]} px; "
+                f"{cfg['crop_mode']} crop {cfg['crop_pct']}, {cfg['interpolation']}")
+            if args.compile:
+                model = torch.compile(model)
+            result = evaluate(model, source, cfg, runtime, options, real)
+            if result.bad_images:
+                say(f"WARNING: {len(result.bad_images)} unreadable image(s) skipped: {', '.join(result.bad_images[:10])}")
+            rows.append(_row(args, name, model, cfg, result, options, params, macs, runtime, source.description))
+        if not runtime.is_main:
+            return 0
+        print(format_table(rows))
+        if args.plot:  # first: it is the one that can still fail (no matplotlib)
+            plot_accuracy_vs_throughput(rows, args.plot)
+            print(f"plot: {args.plot}")
+        if args.results_file:
+            write_results(rows, args.results_file)
+            print(f"results: {args.results_file}")
+        missed = [f"{r['model']}.{r['tag']}" for r in rows if r["check"] == "fail"]
+        if args.check:
+            print(f"check (tolerance {args.tolerance} points): " + (f"MISSED by {', '.join(missed)}" if missed else "all pass"))
+        return 1 if missed else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except EvaluationError as e:
+        print(f"nfzoo-validate: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,161 @@
+"""Where validation images come from: an ImageFolder, the devkit's flat folder, or parquet shards.
+
+A source is an indexed list of labelled images: ``names[i]`` (a file name, for messages and
+ImageNet-ReaL), ``labels[i]`` (sorted-synset class index) and ``open(i)`` (a decoded RGB PIL
+image; raises :class:`OSError` or :class:`ValueError` when the image cannot be decoded).
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+from .errors import EvaluationError
+from .labels import NUM_CLASSES, read_class_map, read_ground_truth
+
+__all__ = ["FileSource", "ParquetSource", "image_folder", "flat_val_folder", "open_source"]
+
+FLAT_VAL_GLOB = "ILSVRC2012_val_*.JPEG"
+
+
+def _decode(fp) -> Image.Image:
+    with Image.open(fp) as img:
+        return img.convert("RGB")  # convert() decodes the whole image: truncation fails here
+
+
+class FileSource:
+    """Images stored as files."""
+
+    def __init__(self, paths: list[Path], labels: list[int], description: str):
+        self.paths, self.labels, self.description = paths, labels, description
+        self.names = [p.name for p in paths]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def open(self, index: int) -> Image.Image:
+        return _decode(self.paths[index])
+
+
+class ParquetSource:
+    """Hugging Face ``imagenet-1k``-style parquet shards: an ``image`` column (struct of
+    ``bytes`` and ``path``) and an integer ``label`` column in sorted-synset order.
+
+    Images are read a row group at a time; each process keeps the last row group it read,
+    so sequential access (how the harness reads) decodes each row group about once per worker.
+    """
+
+    def __init__(self, files: list[Path]):
+        try:
+            import pyarrow.parquet as pq
+        except ImportError:
+            raise EvaluationError("reading parquet shards needs pyarrow (pip install pyarrow)") from None
+
+        self.files = files
+        self.locations: list[tuple[int, int, int]] = []  # (file, row group, row in group)
+        self.names, self.labels = [], []
+        for f_idx, path in enumerate(files):
+            pf = pq.ParquetFile(path)
+            columns = set(pf.schema_arrow.names)
+            if not {"image", "label"} <= columns:
+                raise EvaluationError(f"{path}: parquet shards need 'image' and 'label' columns, found {sorted(columns)}")
+            for rg in range(pf.num_row_groups):
+                table = pf.read_row_group(rg, columns=["image.path", "label"])
+                labels = table.column("label").to_pylist()
+                if any(label is None or not 0 <= label < NUM_CLASSES for label in labels):
+                    raise EvaluationError(
+                        f"{path}: labels must be class indices 0..999 (the test split, label -1, "
+                        "has no labels to validate against)")
+                paths = [image["path"] for image in table.column("image").to_pylist()]
+                start = len(self.labels)
+                self.names += [p or f"{path.name}#{start + i}" for i, p in enumerate(paths)]
+                self.labels += labels
+                self.locations += [(f_idx, rg, i) for i in range(len(labels))]
+        self.description = f"{len(files)} parquet shard(s) in {files[0].parent}"
+        self._cached: tuple[tuple[int, int], list[bytes]] | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getstate__(self):  # DataLoader workers start with an empty cache
+        return {**self.__dict__, "_cached": None}
+
+    def open(self, index: int) -> Image.Image:
+        import pyarrow.parquet as pq
+
+        f_idx, rg, row = self.locations[index]
+        if self._cached is None or self._cached[0] != (f_idx, rg):
+            table = pq.ParquetFile(self.files[f_idx]).read_row_group(rg, columns=["image.bytes"])
+            self._cached = ((f_idx, rg), [image["bytes"] for image in table.column("image").to_pylist()])
+        return _decode(io.BytesIO(self._cached[1][row]))
+
+
+def _require_dir(root: Path) -> None:
+    if not root.is_dir():
+        raise EvaluationError(f"data folder {root} does not exist (or is not a folder)")
+
+
+def image_folder(root: Path, class_map: Path | None = None) -> FileSource:
+    """One sub-folder per class. Without ``class_map`` there must be exactly 1000 folders,
+    taken in sorted order (synset-named folders then match the models' classes)."""
+    _require_dir(root)
+    folders, _ = find_classes(str(root))
+    if class_map is not None:
+        class_to_idx = read_class_map(class_map)
+        missing = sorted(set(folders) - set(class_to_idx))
+        if missing:
+            raise EvaluationError(f"class map {class_map} has no entry for folder(s) {missing[:5]} of {root}")
+        class_to_idx = {f: class_to_idx[f] for f in folders}
+    elif len(folders) != NUM_CLASSES:
+        raise EvaluationError(
+            f"{root} has {len(folders)} class folders, not the 1000 of ImageNet-1k: give --class-map "
+            "to say which model class each folder is")
+    else:
+        class_to_idx = {f: i for i, f in enumerate(folders)}
+    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    if not samples:
+        raise EvaluationError(f"{root} has class folders but no images in them")
+    return FileSource([Path(p) for p, _ in samples], [c for _, c in samples], f"image folder {root}")
+
+
+def flat_val_folder(root: Path, ground_truth: Path, meta: Path | None = None) -> FileSource:
+    """The devkit's flat ``ILSVRC2012_val_*.JPEG`` folder with a ground-truth file
+    (see :func:`nfzoo.evaluation.labels.read_ground_truth`)."""
+    _require_dir(root)
+    truth = read_ground_truth(ground_truth, meta)
+    paths = sorted(root.glob(FLAT_VAL_GLOB))
+    unknown = [p.name for p in paths if p.name not in truth]
+    if unknown:
+        raise EvaluationError(f"ground truth {ground_truth} has no label for {unknown[0]} ({len(unknown)} such files)")
+    return FileSource(paths, [truth[p.name] for p in paths], f"flat validation folder {root}")
+
+
+def open_source(
+    data_dir: Path,
+    *,
+    ground_truth: Path | None = None,
+    gt_meta: Path | None = None,
+    class_map: Path | None = None,
+) -> FileSource | ParquetSource:
+    """The source for ``data_dir``, by its layout: parquet shards (``*.parquet`` in it or in
+    ``data_dir/data``, or a single ``.parquet`` file), a flat devkit folder (needs
+    ``ground_truth``), or an image folder of class sub-folders."""
+    data_dir = Path(data_dir)
+    if data_dir.is_file() and data_dir.suffix == ".parquet":
+        return ParquetSource([data_dir])
+    _require_dir(data_dir)
+    shards = sorted(data_dir.glob("*.parquet")) or sorted(data_dir.glob("data/*.parquet"))
+    if shards:
+        return ParquetSource(shards)
+    if ground_truth is not None:
+        return flat_val_folder(data_dir, ground_truth, gt_meta)
+    if next(data_dir.glob(FLAT_VAL_GLOB), None) is not None:
+        raise EvaluationError(
+            f"{data_dir} is a flat folder of ILSVRC2012_val_*.JPEG files: give their labels with "
+            "--ground-truth (see docs/eval.md for the accepted files)")
+    if not any(p.is_dir() for p in data_dir.iterdir()):
+        raise EvaluationError(f"data folder {data_dir} is empty: expected class sub-folders, "
+                              "ILSVRC2012_val_*.JPEG files or parquet shards")
+    return image_folder(data_dir, class_map)

@@ -1,0 +1,433 @@
+"""NFNet-F0 ... F7: DeepMind's Normalizer-Free Networks.
+
+Paper: Brock, De, Smith and Simonyan, "High-Performance Large-Scale Image Recognition Without
+Normalization" (2021, arXiv 2102.06171); architecture as in DeepMind's release
+(deepmind-research/nfnets/nfnet.py). Module and parameter names are those of timm's
+``dm_nfnet_f*``, so the converted DeepMind weights on the Hugging Face Hub
+(``timm/dm_nfnet_fN.dm_in1k``) load unchanged.
+
+``import nfzoo`` registers ``nfnet_f0`` ... ``nfnet_f7`` with timm, replacing timm's weightless
+models of the same names (a different variant: gamma folded into the convs, no skip gains).
+
+Numerics (``numerics=`` model argument):
+
+* ``'deepmind'`` (default): DeepMind's weight standardization ``rsqrt(max(var * fan_in, 1e-4))``
+  and their tanh-approximated GELU. The published accuracies were measured with these.
+* ``'timm'``: timm's ``rsqrt(var + 1e-5) * fan_in**-0.5`` and erf GELU, reproducing timm's
+  ``dm_nfnet_f*`` logits exactly.
+
+The same network skeleton, with another :class:`NFNetCfg`, builds the NF-ResNets
+(:mod:`nfzoo.models.nf_resnet`).
+"""
+from __future__ import annotations
+
+from collections import OrderedDict
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Literal
+
+import torch
+import torch.nn as nn
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ClassifierHead, create_pool2d
+from timm.layers._fx import register_notrace_function
+from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs
+from timm.models._features import feature_take_indices
+
+from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
+from ..layers.std_conv import StdNumerics
+from ..weights import pretrained_cfg
+from ._builder import build_zoo_model
+from ._checkpoint import checkpoint_filter_fn
+from ._registry import register_zoo_model
+
+__all__ = ["NFNet", "NFNetCfg", "NFBlock", "expected_std_betas"]
+
+# DeepMind's GELU is jax.nn.gelu (tanh approximation); timm uses the exact (erf) GELU.
+_GELU_FOR_NUMERICS = {"deepmind": "gelu_tanh", "timm": "gelu"}
+
+
+@dataclass(frozen=True)
+class NFNetCfg:
+    """The architecture of a normalizer-free pre-activation ResNet.
+
+    The defaults are NFNet's; :mod:`nfzoo.models.nf_resnet` overrides what differs.
+    """
+    depths: tuple[int, ...]
+    widths: tuple[int, ...] = (256, 512, 1536, 1536)
+    stem: Literal["deep", "7x7_pool"] = "deep"  # four 3x3 convs | 7x7 conv + 3x3 max-pool
+    stem_width: int = 128
+    bottleneck_ratio: float = 0.5  # bottleneck width = int(out_ch * ratio)
+    group_width: int | None = 128  # channels per group of the 3x3 convs; None: ungrouped
+    extra_conv: bool = True  # NFNet's second grouped 3x3 conv (conv2b)
+    se_ratio: float | None = 0.5  # squeeze-excite hidden = int(out_ch * ratio); None: no SE
+    avg_down: bool = True  # transition shortcut: 2x2 avg-pool + 1x1 conv | strided 1x1 conv
+    final_conv_mult: float | None = 2.0  # final 1x1 conv to mult * widths[-1]; None: none
+    alpha: float = 0.2
+    act: Literal["gelu", "relu", "silu"] = "gelu"
+    drop_rate: float = 0.0  # dropout before the classifier
+    stochdepth_rate: float = 0.25  # of the last block; block i gets rate * i / num_blocks
+
+
+def expected_std_betas(depths: tuple[int, ...], alpha: float) -> list[float]:
+    """``beta = 1 / expected_std`` of every block's input, in DeepMind's way.
+
+    Each block adds ``alpha**2`` to the signal variance of the residual stream. A transition
+    (first) block's shortcut is a conv of its normalised input, so after it the variance is
+    ``1 + alpha**2`` again; the transition block itself still sees the previous stage's variance.
+    """
+    betas, expected_std = [], 1.0
+    for depth in depths:
+        for block_idx in range(depth):
+            betas.append(1.0 / expected_std)
+            if block_idx == 0:
+                expected_std = 1.0
+            expected_std = (expected_std**2 + alpha**2) ** 0.5
+    return betas
+
+
+class Downsample(nn.Module):
+    """The projection shortcut: (2x2 SAME avg-pool,) then a 1x1 conv."""
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, conv: type[nn.Module], avg_down: bool):
+        super().__init__()
+        pool = avg_down and stride > 1
+        # haiku's SAME avg-pool averages over the valid elements only, as count_include_pad=False does
+        self.pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if pool else nn.Identity()
+        self.conv = conv(in_chs, out_chs, 1, stride=1 if pool else stride)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(self.pool(x))
+
+
+class NFBlock(nn.Module):
+    """Normalizer-free pre-activation bottleneck: ``x + alpha * skip_gain * f(act(x) * beta)``.
+
+    ``f`` is 1x1 conv -> act -> 3x3 (grouped, strided) -> act [-> 3x3 grouped -> act] -> 1x1
+    conv [-> squeeze-excite] -> stochastic depth. A projection shortcut, when the shape changes,
+    takes ``act(x) * beta`` as its input; otherwise the shortcut is the raw ``x``.
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, beta: float, cfg: NFNetCfg,
+                 act_layer: type[nn.Module], conv: type[nn.Module], drop_path_rate: float = 0.0):
+        super().__init__()
+        width = int(out_chs * cfg.bottleneck_ratio)
+        groups = width // cfg.group_width if cfg.group_width else 1
+        width = cfg.group_width * groups if cfg.group_width else width
+        self.beta, self.alpha = beta, cfg.alpha
+        self.act = act_layer()
+        self.downsample = (Downsample(in_chs, out_chs, stride, conv, cfg.avg_down)
+                           if stride > 1 or in_chs != out_chs else None)
+        self.conv1 = conv(in_chs, width, 1)
+        self.conv2 = conv(width, width, 3, stride=stride, groups=groups)
+        self.conv2b = conv(width, width, 3, groups=groups) if cfg.extra_conv else None
+        self.conv3 = conv(width, out_chs, 1)
+        self.attn_last = SqueezeExcite(out_chs, int(out_chs * cfg.se_ratio)) if cfg.se_ratio else None
+        self.drop_path = DropPath(drop_path_rate, scale_by_keep=False) if drop_path_rate > 0 else nn.Identity()
+        self.skipinit_gain = nn.Parameter(torch.zeros(()))  # SkipInit: the residual starts switched off
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(x) * self.beta
+        shortcut = x if self.downsample is None else self.downsample(out)
+        out = self.conv2(self.act(self.conv1(out)))
+        if self.conv2b is not None:
+            out = self.conv2b(self.act(out))
+        out = self.conv3(self.act(out))
+        if self.attn_last is not None:
+            out = self.attn_last(out)
+        out = self.drop_path(out)
+        return out * self.skipinit_gain * self.alpha + shortcut
+
+
+def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: type[nn.Module]
+               ) -> tuple[nn.Sequential, dict[str, Any], int]:
+    """The stem (output stride 4), its feature tap (reduction 2) and the tap's index in it."""
+    if cfg.stem == "deep":  # NFNet: 3x3 convs 16/2 -> 32 -> 64 -> stem_width/2, no act after the last
+        layers = OrderedDict()
+        for i, (chs, stride) in enumerate(zip((16, 32, 64, cfg.stem_width), (2, 1, 1, 2)), start=1):
+            if i > 1:
+                layers[f"act{i}"] = act_layer()
+            layers[f"conv{i}"] = conv(in_chans, chs, 3, stride=stride)
+            in_chans = chs
+        return nn.Sequential(layers), dict(num_chs=64, reduction=2, module="stem.conv3"), 4
+    # NF-ResNet: 7x7/2 conv without bias, 3x3/2 SAME max-pool
+    stem = nn.Sequential(OrderedDict(
+        conv=conv(in_chans, cfg.stem_width, 7, stride=2, bias=False),
+        pool=create_pool2d("max", 3, stride=2, padding="same"),
+    ))
+    return stem, dict(num_chs=cfg.stem_width, reduction=2, module="stem.conv"), 0
+
+
+@register_notrace_function
+def _check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    if x.ndim != 4 or x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected an (N, {in_chans}, H, W) image batch, got shape {tuple(x.shape)}: the model was "
+            f"built for in_chans={in_chans}; convert the images or create the model with "
+            f"in_chans={x.shape[1] if x.ndim == 4 else 'C'}")
+    if min(x.shape[-2:]) < min_size:
+        raise ValueError(
+            f"input of {x.shape[-2]}x{x.shape[-1]} px is smaller than the network's output stride: "
+            f"resize it to at least {min_size}x{min_size} (the model's pretrained_cfg gives the sizes "
+            "it was trained and evaluated at)")
+
+
+class NFNet(nn.Module):
+    """A normalizer-free ResNet (NFNet or NF-ResNet) with timm's model interface.
+
+    Args:
+        cfg: the architecture.
+        numerics: ``'deepmind'`` or ``'timm'`` (see the module docstring).
+        num_classes, in_chans, global_pool: as for every timm model.
+        drop_rate: dropout before the classifier; None: the variant's rate (``cfg.drop_rate``).
+        drop_path_rate: stochastic depth of the last block; None: ``cfg.stochdepth_rate``.
+            Blocks are dropped without rescaling by the keep probability, as DeepMind does.
+    """
+
+    def __init__(
+        self,
+        cfg: NFNetCfg,
+        numerics: StdNumerics = "deepmind",
+        num_classes: int = 1000,
+        in_chans: int = 3,
+        global_pool: str = "avg",
+        drop_rate: float | None = None,
+        drop_path_rate: float | None = None,
+        **kwargs: Any,
+    ):
+        super().__init__()
+        if numerics not in _GELU_FOR_NUMERICS:
+            raise ValueError(f"numerics must be one of {sorted(_GELU_FOR_NUMERICS)}, got {numerics!r}")
+        cfg = replace(cfg, **kwargs)  # e.g. NFNetCfg fields such as alpha, se_ratio
+        self.cfg, self.numerics = cfg, numerics
+        self.num_classes, self.in_chans = num_classes, in_chans
+        self.drop_rate = cfg.drop_rate if drop_rate is None else drop_rate
+        drop_path_rate = cfg.stochdepth_rate if drop_path_rate is None else drop_path_rate
+        self.grad_checkpointing = False
+
+        act_layer = partial(GammaAct, _GELU_FOR_NUMERICS[numerics] if cfg.act == "gelu" else cfg.act)
+        conv = partial(ScaledStdConv2d, padding="same", numerics=numerics)
+        self.stem, stem_feature, self.stem_feat_idx = _make_stem(cfg, in_chans, act_layer, conv)
+        self.feature_info = [stem_feature]
+
+        betas = iter(expected_std_betas(cfg.depths, cfg.alpha))
+        num_blocks, block_idx = sum(cfg.depths), 0
+        in_chs, reduction, stages = cfg.stem_width, 4, []
+        for stage_idx, (depth, out_chs) in enumerate(zip(cfg.depths, cfg.widths)):
+            stride = 1 if stage_idx == 0 else 2
+            reduction *= stride
+            blocks = []
+            for i in range(depth):
+                blocks.append(NFBlock(in_chs, out_chs, stride if i == 0 else 1, next(betas), cfg, act_layer, conv,
+                                      drop_path_rate * block_idx / num_blocks))
+                in_chs, block_idx = out_chs, block_idx + 1
+            stages.append(nn.Sequential(*blocks))
+            self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{stage_idx}"))
+        self.stages = nn.Sequential(*stages)
+        self.min_input_size = reduction
+
+        if cfg.final_conv_mult:
+            self.num_features = int(in_chs * cfg.final_conv_mult)
+            self.final_conv = conv(in_chs, self.num_features, 1)
+            self.feature_info[-1] = dict(num_chs=self.num_features, reduction=reduction, module="final_conv")
+        else:
+            self.num_features = in_chs
+            self.final_conv = nn.Identity()
+        self.final_act = act_layer()
+        self.head = ClassifierHead(self.num_features, num_classes, pool_type=global_pool, drop_rate=self.drop_rate)
+        self.head_hidden_size = self.head.num_features
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        for m in self.modules():
+            if isinstance(m, nn.Linear):  # DeepMind: classifier N(0, 0.01), zero bias
+                nn.init.normal_(m.weight, 0.0, 0.01)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        return dict(stem=r"^stem", blocks=[
+            (r"^stages\.(\d+)" if coarse else r"^stages\.(\d+)\.(\d+)", None),
+            (r"^final_conv", (99999,)),
+        ])
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set[str]:
+        """Gains and biases: DeepMind applies weight decay to the conv and linear weights only."""
+        return {n for n, _ in self.named_parameters() if n.endswith(("gain", "bias"))}
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        self.head.reset(num_classes, global_pool, in_features=self.num_features)
+        self.head_hidden_size = self.head.num_features
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Features at ``indices`` of :attr:`feature_info` (0: the stem tap, then the stages;
+        the last is taken after ``final_conv``, before its activation), as timm's models do."""
+        if output_fmt != "NCHW":
+            raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
+        _check_input(x, self.in_chans, self.min_input_size)
+        last_idx = len(self.stages)
+        take_indices, max_index = feature_take_indices(last_idx + 1, indices)
+        intermediates = []
+        for i, module in enumerate(self.stem):
+            x = module(x)
+            if i == self.stem_feat_idx and 0 in take_indices:
+                intermediates.append(x)
+        stages = self.stages[:max_index] if stop_early and not torch.jit.is_scripting() else self.stages
+        for feat_idx, stage in enumerate(stages, start=1):
+            x = checkpoint(stage, x) if self.grad_checkpointing and not torch.jit.is_scripting() else stage(x)
+            if feat_idx == last_idx:
+                x = self.final_conv(x)
+            if feat_idx in take_indices:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        if len(stages) == last_idx:
+            x = self.final_act(x)
+        return x, intermediates
+
+    def prune_intermediate_layers(
+        self,
+        indices: int | list[int] = 1,
+        prune_norm: bool = False,
+        prune_head: bool = True,
+    ) -> list[int]:
+        """Drop the layers after the last of ``indices``; returns the indices kept."""
+        take_indices, max_index = feature_take_indices(len(self.stages) + 1, indices)
+        prune_end = max_index < len(self.stages)
+        if prune_end:
+            self.final_conv, self.final_act = nn.Identity(), nn.Identity()
+            self.num_features = self.feature_info[max_index]["num_chs"]
+        if max_index == 0:
+            self.stem = self.stem[:self.stem_feat_idx + 1]
+        self.stages = self.stages[:max_index]
+        if prune_head or prune_end:
+            self.reset_classifier(0, "")
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        _check_input(x, self.in_chans, self.min_input_size)
+        x = self.stem(x)
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.stages, x)
+        else:
+            x = self.stages(x)
+        return self.final_act(self.final_conv(x))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def create_nf_model(variant: str, cfg: NFNetCfg, pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """Build a registered NFNet or NF-ResNet variant through the zoo's builder."""
+    return build_zoo_model(
+        NFNet, variant, pretrained, checkpoint_filter=checkpoint_filter_fn,
+        model_cfg=cfg, feature_cfg=dict(flatten_sequential=True), **kwargs)
+
+
+def nf_pretrained_cfg(**kwargs: Any) -> dict[str, Any]:
+    """The parts of a pretrained cfg shared by every NFNet and NF-ResNet, overlaid with ``kwargs``."""
+    return dict(num_classes=1000, mean=IMAGENET_DEFAULT_MEAN, std=IMAGENET_DEFAULT_STD, interpolation="bicubic",
+                first_conv="stem.conv1", classifier="head.fc", min_input_size=(3, 32, 32)) | kwargs
+
+
+# Table 1 of the paper: depths, train px, test px, dropout. Widths are always 256, 512, 1536, 1536.
+_VARIANTS: dict[str, tuple[tuple[int, ...], int, int, float]] = {
+    "nfnet_f0": ((1, 2, 6, 3), 192, 256, 0.2),
+    "nfnet_f1": ((2, 4, 12, 6), 224, 320, 0.3),
+    "nfnet_f2": ((3, 6, 18, 9), 256, 352, 0.4),
+    "nfnet_f3": ((4, 8, 24, 12), 320, 416, 0.4),
+    "nfnet_f4": ((5, 10, 30, 15), 384, 512, 0.5),
+    "nfnet_f5": ((6, 12, 36, 18), 416, 544, 0.5),
+    "nfnet_f6": ((7, 14, 42, 21), 448, 576, 0.5),
+    "nfnet_f7": ((8, 16, 48, 24), 480, 608, 0.5),
+}
+model_cfgs = {name: NFNetCfg(depths=depths, drop_rate=drop) for name, (depths, _, _, drop) in _VARIANTS.items()}
+
+
+def _cfg(name: str) -> dict[str, Any]:
+    _, train, test, _ = _VARIANTS[name]
+    size = dict(input_size=(3, train, train), pool_size=(train // 32, train // 32))
+    if name == "nfnet_f7":
+        return nf_pretrained_cfg(
+            url="", test_input_size=(3, test, test), crop_pct=test / (test + 32),
+            paper_ids="arXiv:2102.06171", license="apache-2.0",
+            notes=("DeepMind released no NFNet-F7 weights (F0-F6 only); nfnet_f7 is architecture only.",),
+            **size)
+    return pretrained_cfg(f"{name}.dm_in1k", **nf_pretrained_cfg(**size))
+
+
+default_cfgs = generate_default_cfgs(
+    {f"{name}.dm_in1k": _cfg(name) for name in _VARIANTS if name != "nfnet_f7"} | {"nfnet_f7": _cfg("nfnet_f7")})
+
+
+@register_zoo_model
+def nfnet_f0(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F0 (DeepMind), 71.5 M params; weights ``dm_in1k`` (83.6 % top-1)."""
+    return create_nf_model("nfnet_f0", model_cfgs["nfnet_f0"], pretrained, **kwargs)
+
+
+@register_zoo_model
+def nfnet_f1(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F1 (DeepMind), 132.6 M params; weights ``dm_in1k`` (84.7 % top-1)."""
+    return create_nf_model("nfnet_f1", model_cfgs["nfnet_f1"], pretrained, **kwargs)
+
+
+@register_zoo_model
+def nfnet_f2(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F2 (DeepMind), 193.8 M params; weights ``dm_in1k`` (85.1 % top-1)."""
+    return create_nf_model("nfnet_f2", model_cfgs["nfnet_f2"], pretrained, **kwargs)
+
+
+@register_zoo_model
+def nfnet_f3(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F3 (DeepMind), 254.9 M params; weights ``dm_in1k`` (85.7 % top-1)."""
+    return create_nf_model("nfnet_f3", model_cfgs["nfnet_f3"], pretrained, **kwargs)
+
+
+@register_zoo_model
+def nfnet_f4(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F4 (DeepMind), 316.1 M params; weights ``dm_in1k`` (85.9 % top-1)."""
+    return create_nf_model("nfnet_f4", model_cfgs["nfnet_f4"], pretrained, **kwargs)
+
+
+@register_zoo_model
+def nfnet_f5(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F5 (DeepMind), 377.2 M params; weights ``dm_in1k`` (86.0 % top-1)."""
+    return create_nf_model("nfnet_f5", model_cfgs["nfnet_f5"], pretrained, **kwargs)
+
+
+@register_zoo_model
+def nfnet_f6(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F6 (DeepMind), 438.4 M params; weights ``dm_in1k`` (86.5 % top-1 with SAM)."""
+    return create_nf_model("nfnet_f6", model_cfgs["nfnet_f6"], pretrained, **kwargs)
+
+
+@register_zoo_model
+def nfnet_f7(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F7 (DeepMind's largest), about 499.5 M params; no weights were ever released."""
+    return create_nf_model("nfnet_f7", model_cfgs["nfnet_f7"], pretrained, **kwargs)

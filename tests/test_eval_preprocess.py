@@ -1,0 +1,70 @@
+"""The harness preprocesses as the checkpoint's source evaluated: timm's eval transform for
+the model's pretrained cfg at its test size, and the same as a pipeline written here from the
+reference facts."""
+import math
+
+import numpy as np
+import pytest
+import timm
+import torch
+import torch.nn as nn
+from timm.models import get_pretrained_cfg
+from torchvision import transforms as T
+from torchvision.transforms import InterpolationMode
+
+from eval_helpers import MEAN, STD, random_image
+from nfzoo.evaluation import eval_data_config, eval_transform
+from nfzoo.evaluation.sources import open_source
+from nfzoo.weights.manifest import pretrained_cfg
+
+
+class CfgOnly(nn.Module):
+    """Stands for a model: the harness only reads its pretrained_cfg."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.pretrained_cfg = cfg
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    root = tmp_path_factory.mktemp("imgs")
+    rng = np.random.default_rng(0)
+    for i, size in enumerate([(300, 200), (180, 340), (257, 257)]):
+        (root / f"class{i}").mkdir()
+        random_image(rng, size).save(root / f"class{i}" / "a.JPEG", quality=95)
+    (root / "map.txt").write_text("".join(f"class{i} {i}\n" for i in range(3)))
+    return root
+
+
+def _harness_tensors(folder, model, **overrides):
+    source = open_source(folder, class_map=folder / "map.txt")
+    transform = eval_transform(eval_data_config(model, **overrides))
+    return [transform(source.open(i)) for i in range(len(source))], source
+
+
+def test_dm_nfnet_f0_cfg_matches_timm_and_the_reference_pipeline(folder):
+    model = CfgOnly(get_pretrained_cfg("dm_nfnet_f0").to_dict())
+    ours, source = _harness_tensors(folder, model)
+    timm_tf = timm.data.create_transform(**timm.data.resolve_model_data_config(model, use_test_size=True))
+    # REFERENCE.md: timm evaluates dm_nfnet_f0 at 256 px, squash crop, crop_pct 0.9, bicubic
+    reference = T.Compose([T.Resize((math.floor(256 / 0.9),) * 2, InterpolationMode.BICUBIC), T.CenterCrop(256),
+                           T.ToTensor(), T.Normalize(MEAN, STD)])
+    for i, x in enumerate(ours):
+        assert x.shape == (3, 256, 256)
+        torch.testing.assert_close(x, timm_tf(source.open(i)), rtol=0, atol=0)
+        torch.testing.assert_close(x, reference(source.open(i)), rtol=0, atol=0)
+
+
+def test_manifest_cfg_center_crop_and_overrides(folder):
+    cfg = pretrained_cfg("resnet50_gn_ws.jhu_in1k", input_size=(3, 224, 224))
+    ours, source = _harness_tensors(folder, CfgOnly(cfg), img_size=96, crop_pct=0.75)
+    reference = T.Compose([T.Resize(128, InterpolationMode.BILINEAR), T.CenterCrop(96), T.ToTensor(), T.Normalize(MEAN, STD)])
+    for i, x in enumerate(ours):
+        assert x.shape == (3, 96, 96)
+        torch.testing.assert_close(x, reference(source.open(i)), rtol=0, atol=0)
+
+
+def test_test_input_size_wins_over_train_size():
+    cfg = eval_data_config(CfgOnly(get_pretrained_cfg("dm_nfnet_f3").to_dict()))
+    assert cfg["input_size"] == (3, 416, 416) and cfg["crop_pct"] == 0.94 and cfg["crop_mode"] == "squash"

@@ -1,0 +1,119 @@
+"""Each layer of nfzoo.layers against a reference written here from the papers' equations."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from _nf_reference import tf_same_pad
+from nfzoo.layers import GAMMA, DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite, WSConv1d, WSConv2d, WSConv3d
+
+
+def scaled_ws_reference(w, gain, numerics):
+    """Brock et al.: per output channel over the fan-in, population variance."""
+    fan_in = w[0].numel()
+    mean = w.mean(dim=tuple(range(1, w.ndim)), keepdim=True)
+    var = ((w - mean) ** 2).mean(dim=tuple(range(1, w.ndim)), keepdim=True)
+    if numerics == "deepmind":  # rsqrt(max(var * fan_in, 1e-4))
+        return (w - mean) * gain / torch.sqrt(torch.clamp(var * fan_in, min=1e-4))
+    return (w - mean) / torch.sqrt(var + 1e-5) * gain / math.sqrt(fan_in)  # timm: eps inside var
+
+
+@pytest.mark.parametrize("numerics", ["deepmind", "timm"])
+@pytest.mark.parametrize("stride,size", [(1, 9), (2, 9), (2, 10)])
+def test_scaled_std_conv_same_padding(numerics, stride, size):
+    torch.manual_seed(0)
+    conv = ScaledStdConv2d(4, 6, 3, stride=stride, padding="same", numerics=numerics, groups=2)
+    with torch.no_grad():
+        conv.gain.uniform_(0.5, 1.5)
+        conv.bias.normal_()
+    x = torch.randn(2, 4, size, size + 1)
+    w_hat = scaled_ws_reference(conv.weight, conv.gain, numerics)
+    expected = F.conv2d(tf_same_pad(x, 3, stride), w_hat, conv.bias, stride, groups=2)
+    assert torch.allclose(conv(x), expected, atol=1e-5)
+    assert conv(x).shape[-2:] == (math.ceil(size / stride), math.ceil((size + 1) / stride))
+
+
+def test_scaled_std_conv_numerics_differ_on_small_variance():
+    conv = ScaledStdConv2d(2, 1, 1, numerics="deepmind")
+    with torch.no_grad():
+        conv.weight.copy_(torch.tensor([1.0, 1.001]).view(1, 2, 1, 1))
+    timm_like = ScaledStdConv2d(2, 1, 1, numerics="timm")
+    timm_like.load_state_dict(conv.state_dict())
+    # var * fan_in = 5e-7 < 1e-4: DeepMind clamps, timm adds 1e-5 to var -- very different scales
+    assert torch.allclose(conv.standardized_weight(), scaled_ws_reference(conv.weight, conv.gain, "deepmind"))
+    assert torch.allclose(timm_like.standardized_weight(), scaled_ws_reference(conv.weight, conv.gain, "timm"))
+    assert not torch.allclose(conv.standardized_weight(), timm_like.standardized_weight(), rtol=0.1)
+
+
+def ws_reference(w, eps_in):
+    """Qiao et al.: unbiased std; eps outside the sqrt (GN+WS) or inside (BCN+WS)."""
+    flat = w.flatten(1)
+    n = flat.shape[1]
+    mean = flat.mean(1, keepdim=True)
+    var = ((flat - mean) ** 2).sum(1, keepdim=True) / (n - 1)
+    denom = var.sqrt() + 1e-5 if eps_in == "std" else torch.sqrt(var + 1e-5)
+    return ((flat - mean) / denom).view_as(w)
+
+
+@pytest.mark.parametrize("eps_in", ["std", "var"])
+@pytest.mark.parametrize("cls,conv,shape", [
+    (WSConv1d, F.conv1d, (2, 4, 11)), (WSConv2d, F.conv2d, (2, 4, 7, 6)), (WSConv3d, F.conv3d, (1, 4, 5, 4, 6))])
+def test_ws_conv(cls, conv, shape, eps_in):
+    torch.manual_seed(0)
+    layer = cls(4, 8, 3, padding=1, eps_in=eps_in)
+    x = torch.randn(shape)
+    expected = conv(x, ws_reference(layer.weight, eps_in), layer.bias, padding=1)
+    assert torch.allclose(layer(x), expected, atol=1e-5)
+
+
+@pytest.mark.parametrize("layer", [
+    ScaledStdConv2d(8, 4, 3, padding=1), WSConv2d(8, 4, 3, padding=1)], ids=["scaled", "qiao"])
+def test_statistics_in_float32_under_bf16_autocast_and_constant_filters_finite(layer):
+    with torch.no_grad():
+        layer.weight.normal_(100.0, 0.01)  # bf16 (spacing 0.5 at 100) would lose this variance
+        layer.weight[0].fill_(0.5)  # an all-equal filter: variance 0
+    w = layer.standardized_weight()
+    assert torch.isfinite(w).all() and torch.all(w[0] == 0)
+    flat = w[1:].flatten(1).double()
+    assert torch.allclose(flat.mean(1), torch.zeros(3, dtype=torch.double), atol=1e-3)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(layer.standardized_weight(), w)  # computed in float32 regardless
+        out = layer(torch.randn(1, 8, 6, 6))
+    assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
+
+
+def test_gamma_act_constants():
+    assert GAMMA == pytest.approx(dict(gelu=1.7015043497085571, gelu_tanh=1.7015043497085571,
+                                       relu=1.7139588594436646, silu=1.7881293296813965), abs=0)
+    x = torch.linspace(-4, 4, 101)
+    assert torch.allclose(GammaAct("gelu_tanh")(x), 1.7015043497085571 * 0.5 * x * (
+        1 + torch.tanh(math.sqrt(2 / math.pi) * (x + 0.044715 * x**3))), atol=1e-6)
+    assert torch.allclose(GammaAct("gelu")(x), 1.7015043497085571 * 0.5 * x * (1 + torch.erf(x / math.sqrt(2))), atol=1e-6)
+    assert torch.allclose(GammaAct("relu")(x), 1.7139588594436646 * x.clamp(min=0))
+    # the constants do what they claim: unit variance out for N(0, 1) in
+    z = torch.randn(2_000_000, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    for name in ("relu", "silu", "gelu"):
+        assert GammaAct(name)(z).var().item() == pytest.approx(1.0, abs=0.01)
+    with pytest.raises(ValueError, match="unknown activation"):
+        GammaAct("tanh")
+
+
+def test_squeeze_excite_is_twice_the_sigmoid_gate():
+    torch.manual_seed(0)
+    se = SqueezeExcite(6, 3)
+    x = torch.randn(2, 6, 5, 4)
+    h = torch.relu(x.mean((2, 3)) @ se.fc1.weight.flatten(1).T + se.fc1.bias)
+    gate = 2 * torch.sigmoid(h @ se.fc2.weight.flatten(1).T + se.fc2.bias)
+    assert torch.allclose(se(x), x * gate[:, :, None, None], atol=1e-6)
+
+
+def test_stochastic_depth_without_rescale():
+    drop = DropPath(0.5, scale_by_keep=False).train()
+    x = torch.ones(4000, 3, 2, 2)
+    out = drop(x)
+    kept = out.flatten(1).amax(1)
+    assert set(kept.unique().tolist()) == {0.0, 1.0}  # whole samples dropped, survivors unscaled
+    assert torch.all(out.flatten(1).amin(1) == kept)
+    assert kept.mean().item() == pytest.approx(0.5, abs=0.05)
+    assert torch.equal(drop.eval()(x), x)
