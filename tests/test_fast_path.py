@@ -186,3 +186,22 @@ def test_scaled_ws_memory_lean_backward_is_exact(numerics):
     ref = torch.autograd.grad((reference_scaled_ws(w, gain, numerics, conv.eps) * upstream).sum(), (w, gain))
     for a, b in zip(ours, ref):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+def test_nfnet_f0_fast_path_and_fuse():
+    """On the real network: cached inference and the fused model give the training path's logits."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("nfnet_f0", num_classes=10)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("skipinit_gain", "gain")):
+                p.add_(torch.rand_like(p) * 0.5)
+    model.eval()
+    x = torch.randn(1, 3, 64, 64)
+    expected = reference(model, x)
+    fused = nfzoo.fuse(model, input_size=(3, 64, 64))
+    with torch.no_grad():
+        for out in (model(x), fused(x)):
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)

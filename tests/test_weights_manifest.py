@@ -37,3 +37,18 @@ def test_expected_accuracy_and_eval_size_match_the_reference(name):
     mirror = manifest().get(name.replace("jhu_in1k", "mmlab_in1k"))
     if mirror is not None and mirror is not c:
         assert (mirror.top1, mirror.top5) == (c.top1, c.top5)
+
+
+
+@pytest.mark.parametrize("name", [n for n in sorted(manifest()) if n.startswith("nfnet_")])
+def test_nfnet_eval_resizes_to_test_size_plus_32(name):
+    """DeepMind resized to test px + 32 before the centre crop; timm floors size / crop_pct."""
+    import timm
+    from timm.data import create_transform, resolve_data_config
+
+    import nfzoo  # noqa: F401  (registers the pretrained cfgs)
+
+    cfg = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict(), use_test_size=True)
+    test_size = manifest()[name].test_size
+    assert cfg["input_size"][-1] == test_size
+    assert create_transform(**cfg).transforms[0].size == test_size + 32

@@ -9,8 +9,8 @@ Two families live here, because their numerics differ and pretrained weights dep
   Qiao et al. (arXiv 1903.10520), as used by the authors' GN+WS and BCN+WS ResNets:
   ``W_hat = (W - mean) / std`` with the *unbiased* std, no gain.
 
-Statistics are computed in float32, or float64 for a float64 weight (a bf16 or fp16 weight
-would lose the variance or overflow ``var * fan_in``); the standardized weight is returned in the parameter's dtype and
+Statistics are computed in float32 or wider (a bf16 or fp16 weight would lose the variance or
+overflow ``var * fan_in``); the standardized weight is returned in the parameter's dtype and
 autocast casts it for the convolution as it would the raw weight.
 
 Inference fast path: in eval mode with gradients disabled, the standardized weight is computed

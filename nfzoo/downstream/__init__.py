@@ -1,0 +1,12 @@
+"""Zoo backbones in torchvision's detection and segmentation models, and what fine-tuning them
+with one or two images per device needs (docs/downstream.md)."""
+from .backbone import FeatureBackbone, FPNBackbone, feature_backbone, fpn_backbone
+from .detection import faster_rcnn, mask_rcnn
+from .microbatch import use_estimated_batch_stats
+from .norms import to_group_norm
+from .segmentation import deeplabv3
+
+__all__ = [
+    "FeatureBackbone", "FPNBackbone", "feature_backbone", "fpn_backbone",
+    "faster_rcnn", "mask_rcnn", "deeplabv3", "to_group_norm", "use_estimated_batch_stats",
+]
