@@ -7,7 +7,7 @@ import torch
 import torchvision
 
 import nfzoo  # noqa: F401  (registers the models)
-from nfzoo.layers import BatchChannelNorm2d, WSConv2d
+from nfzoo.layers import NORMS, BatchChannelNorm2d, WSConv2d
 from nfzoo.models.resnet_ws import MODELS, build_resnet_ws, checkpoint_filter_fn
 from ws_reference import authors_checkpoint, mmlab_checkpoint, reference_forward
 
@@ -189,6 +189,17 @@ def test_norm_choice(norm, norm_type, conv_type):
     assert isinstance(model.layer3[1].bn2, norm_type)
     assert type(model.layer2[0].downsample[0]) is conv_type
     assert model.eval()(torch.randn(1, 3, 32, 32)).shape == (1, 1000)
+
+
+@pytest.mark.parametrize("norm", sorted(NORMS))
+def test_every_norm_choice_builds_and_trains(norm):
+    """Every registered choice, the seeds' normalizers included, gives a trainable ResNet."""
+    model = build_resnet_ws("resnet50", norm, num_classes=4)
+    reference = model.layer1[0].conv1.weight.detach().clone()  # the conv's weight survives the swap
+    loss = model.train()(torch.randn(2, 3, 64, 64)).square().mean()
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters())
+    assert torch.allclose(model.layer1[0].conv1.weight.detach(), reference)
 
 
 def test_norm_choice_errors():

@@ -21,6 +21,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn as nn
+from torch.nn.utils import parametrize
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 from timm.models.resnet import Bottleneck, ResNet
@@ -87,8 +88,14 @@ def _standardize_convs(module: nn.Module, conv_layer: Callable[..., nn.Conv2d]) 
             continue
         conv = conv_layer(
             child.in_channels, child.out_channels, child.kernel_size, stride=child.stride,
-            padding=child.padding, dilation=child.dilation, groups=child.groups, bias=False, device="meta")
-        conv.weight, conv.bias = child.weight, child.bias
+            padding=child.padding, dilation=child.dilation, groups=child.groups, bias=False,
+            device=child.weight.device)
+        if parametrize.is_parametrized(conv, "weight"):  # weight norm: set through its right_inverse
+            with torch.no_grad():
+                conv.weight = child.weight.detach()
+        else:
+            conv.weight = child.weight
+        conv.bias = child.bias
         setattr(module, name, conv)
 
 
