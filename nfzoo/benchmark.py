@@ -131,6 +131,8 @@ def build_models(cfg: BenchConfig) -> dict[str, nn.Module]:
 
 
 def _bench_inference(model: nn.Module, cfg: BenchConfig) -> dict[str, float]:
+    """Eval mode under ``torch.inference_mode``: for nfzoo, its automatic fast path (cached
+    standardized weights, folded blocks), not ``nfzoo.fuse``."""
     model.eval()
     out = {}
     for label, batch in (("latency_ms", 1), ("infer_img_s", cfg.infer_batch)):

@@ -205,3 +205,39 @@ def test_nfnet_f0_fast_path_and_fuse():
     with torch.no_grad():
         for out in (model(x), fused(x)):
             torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("variant, kwargs", [
+    # NFNet blocks: transition shortcut, extra conv, squeeze-excite
+    ("nfnet_f0", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16, group_width=16)),
+    # NF-ResNet blocks: ReLU, no SE, no extra conv, strided-conv shortcut
+    ("nf_resnet152", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16)),
+])
+def test_nfnet_folded_inference_equals_training_path(variant, kwargs, monkeypatch):
+    """Eval-mode inference folds gamma, beta, alpha and the skip gain out of the activations;
+    the logits stay those of the unfolded (training) path."""
+    import timm
+
+    from nfzoo.models.nfnet import NFBlock
+
+    torch.manual_seed(0)
+    model = timm.create_model(variant, num_classes=10, drop_path_rate=0.2, **kwargs)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith(("gain", "bias")):
+                p.add_(torch.randn_like(p) * 0.5)
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = reference(model, x)
+    folded = []
+    original = NFBlock._forward_folded
+    monkeypatch.setattr(NFBlock, "_forward_folded", lambda self, x: folded.append(self) or original(self, x))
+    with torch.inference_mode():
+        first, second = model(x), model(x)  # second: from the cached, scaled weights
+    assert len(folded) == 2 * sum(kwargs["depths"])
+    for out in (first, second):
+        torch.testing.assert_close(out, expected, rtol=0, atol=1e-4)
+    model.train()
+    with torch.no_grad():
+        model(x)
+    assert len(folded) == 2 * sum(kwargs["depths"])  # training never folds

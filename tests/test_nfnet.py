@@ -276,3 +276,23 @@ def test_checkpoint_wrappers_are_unwrapped_and_adapted_layers_not_flagged():
     del wrapped["state_dict"]["module.head.fc.bias"]  # timm drops the classifier for a new num_classes
     out = checkpoint_filter_fn(wrapped, model)
     assert out.keys() == sd.keys() - {"head.fc.bias"}
+
+
+@pytest.mark.parametrize("output_stride", [16, 8])
+def test_output_stride_dilates_as_timm(output_stride):
+    """Dilated stages (for dense prediction): same parameters as the undilated model, the
+    features of timm's dm_nfnet_f0 at the same output_stride, reductions capped at it."""
+    theirs = meta_model("dm_nfnet_f0", output_stride=output_stride)
+    sd = random_state_dict(theirs.state_dict(), 0)
+    theirs.load_state_dict(sd, assign=True)
+    ours = load_through_filter("nfnet_f0", sd, numerics="timm", output_stride=output_stride)
+    assert [i["reduction"] for i in ours.feature_info] == [2, 4, 8, min(16, output_stride), output_stride]
+    x = torch.randn(1, 3, 41, 33, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        expected = theirs.eval().forward_intermediates(x, intermediates_only=True)
+        feats = ours.forward_intermediates(x, intermediates_only=True)
+    assert feats[-1].shape[-2:] == (math.ceil(41 / output_stride), math.ceil(33 / output_stride))
+    for a, b in zip(feats, expected, strict=True):
+        assert a.shape == b.shape and max_rel_diff(a, b) < 1e-4
+    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32, got 4"):
+        meta_model("nfnet_f0", output_stride=4)

@@ -142,7 +142,7 @@ def _levels(model_name: str) -> list[int]:
 
 def _no_dilation(model_name: str, output_stride: int) -> str:
     return (f"{model_name} does not support dilation, so output_stride={output_stride} cannot be "
-            f"reached; use output_stride=32 or a backbone that supports it (e.g. the ResNets)")
+            f"reached; use output_stride=32 or a backbone that supports it (e.g. the ResNets, NFNets)")
 
 
 def _frozen_modules(body: nn.Module, trainable_layers: int) -> list[str]:

@@ -1,7 +1,7 @@
 """DeepLabV3 (torchvision) over any zoo backbone, at output stride 16 or 8.
 
-Output stride 16 or 8 dilates the last stages (timm's ``output_stride``), which the ResNets
-support; a backbone that cannot dilate gets a clear error. The ASPP rates follow the DeepLabV3
+Output stride 16 or 8 dilates the last stages (timm's ``output_stride``), which the zoo's
+ResNets and NFNets support; a backbone that cannot dilate gets a clear error. The ASPP rates follow the DeepLabV3
 paper: (6, 12, 18) at stride 16, doubled at stride 8. torchvision's ``DeepLabHead`` hard-codes
 batch norm (whose image-pooling branch cannot even train on one image); ``head_norm`` replaces it
 with GroupNorm, and WS on its convolutions for ``'gn_ws'`` (the default), the classifier excepted.

@@ -29,7 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.padding import get_padding_value, pad_same
 
-__all__ = ["ScaledStdConv2d", "WSConv1d", "WSConv2d", "WSConv3d", "StdNumerics", "WSEps", "is_weight_standardized"]
+__all__ = [
+    "ScaledStdConv2d", "WSConv1d", "WSConv2d", "WSConv3d", "StdNumerics", "WSEps", "is_weight_standardized",
+    "inference_cache_active",
+]
 
 StdNumerics = Literal["deepmind", "timm"]
 WSEps = Literal["std", "var"]
@@ -99,18 +102,31 @@ class _ScaledStandardize(torch.autograd.Function):
                 None, None)
 
 
+def inference_cache_active(module: nn.Module) -> bool:
+    """True where derived weights may be cached: eval mode with gradients disabled, outside
+    ``torch.compile`` and tracing (which must see the whole computation)."""
+    return not (module.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
+                or torch.jit.is_tracing())
+
+
 class _InferenceWeightCache:
     """Mixin for a conv with a ``standardized_weight()``: the weight its forward convolves."""
 
-    def forward_weight(self) -> torch.Tensor:
-        """``standardized_weight()``, cached while in inference (eval mode, grad disabled)."""
-        if (self.training or torch.is_grad_enabled() or torch.compiler.is_compiling()
-                or torch.jit.is_tracing()):
-            return self.standardized_weight()
+    def forward_weight(self, scale: float = 1.0) -> torch.Tensor:
+        """``standardized_weight() * scale``, cached while :func:`inference_cache_active`.
+
+        ``scale`` folds a constant factor of the conv's input into its weight
+        (``conv(scale * x) == conv_with(scale * W)(x)``); the cache holds one scale at a time.
+        """
+        if not inference_cache_active(self):
+            weight = self.standardized_weight()
+            return weight if scale == 1.0 else weight * scale
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self._parameters.values() if p is not None)
+        key += (scale,)
         cached = self.__dict__.get("_inference_weight")
         if cached is None or cached[0] != key:
-            cached = self.__dict__["_inference_weight"] = (key, self.standardized_weight())
+            weight = self.standardized_weight()
+            cached = self.__dict__["_inference_weight"] = (key, weight if scale == 1.0 else weight * scale)
         return cached[1]
 
     def train(self, mode: bool = True):
@@ -168,10 +184,11 @@ class ScaledStdConv2d(_InferenceWeightCache, nn.Conv2d):
         """The weight actually convolved: standardized, scaled by the gain, in the weight's dtype."""
         return _ScaledStandardize.apply(self.weight, self.gain, self.numerics, self.eps)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, input_scale: float = 1.0) -> torch.Tensor:
+        """The conv of ``input_scale * x``, with the scale folded into the (cached) weight."""
         if self.dynamic_same_pad:
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return self._conv_forward(x, self.forward_weight(), self.bias)
+        return self._conv_forward(x, self.forward_weight(input_scale), self.bias)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", numerics={self.numerics}, eps={self.eps}" + (

@@ -29,13 +29,13 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ClassifierHead, create_pool2d
+from timm.layers import AvgPool2dSame, ClassifierHead, create_pool2d
 from timm.layers._fx import register_notrace_function
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
-from ..layers.std_conv import StdNumerics
+from ..layers.std_conv import StdNumerics, inference_cache_active, is_weight_standardized
 from ..weights import pretrained_cfg
 from ._builder import build_zoo_model
 from ._checkpoint import checkpoint_filter_fn
@@ -87,14 +87,22 @@ def expected_std_betas(depths: tuple[int, ...], alpha: float) -> list[float]:
 
 
 class Downsample(nn.Module):
-    """The projection shortcut: (2x2 SAME avg-pool,) then a 1x1 conv."""
+    """The projection shortcut: (2x2 SAME avg-pool,) then a 1x1 conv.
 
-    def __init__(self, in_chs: int, out_chs: int, stride: int, conv: type[nn.Module], avg_down: bool):
+    Where a stage is dilated instead of strided (``output_stride`` < 32), the pool keeps its 2x2
+    window at stride 1, as timm's ``DownsampleAvg`` does (timm's ``AvgPool2dSame``).
+    """
+
+    def __init__(self, in_chs: int, out_chs: int, stride: int, conv: type[nn.Module], avg_down: bool,
+                 dilation: int = 1):
         super().__init__()
-        pool = avg_down and stride > 1
-        # haiku's SAME avg-pool averages over the valid elements only, as count_include_pad=False does
-        self.pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False) if pool else nn.Identity()
-        self.conv = conv(in_chs, out_chs, 1, stride=1 if pool else stride)
+        if not avg_down or (stride == 1 and dilation == 1):
+            self.pool = nn.Identity()
+        elif dilation == 1:  # haiku's SAME avg-pool averages the valid elements only, as count_include_pad=False
+            self.pool = nn.AvgPool2d(2, stride, ceil_mode=True, count_include_pad=False)
+        else:
+            self.pool = AvgPool2dSame(2, 1, ceil_mode=True, count_include_pad=False)
+        self.conv = conv(in_chs, out_chs, 1, stride=1 if avg_down else stride)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(self.pool(x))
@@ -109,24 +117,29 @@ class NFBlock(nn.Module):
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, beta: float, cfg: NFNetCfg,
-                 act_layer: type[nn.Module], conv: type[nn.Module], drop_path_rate: float = 0.0):
+                 act_layer: type[nn.Module], conv: type[nn.Module], drop_path_rate: float = 0.0,
+                 dilation: int = 1, first_dilation: int | None = None):
         super().__init__()
         width = int(out_chs * cfg.bottleneck_ratio)
         groups = width // cfg.group_width if cfg.group_width else 1
         width = cfg.group_width * groups if cfg.group_width else width
         self.beta, self.alpha = beta, cfg.alpha
         self.act = act_layer()
-        self.downsample = (Downsample(in_chs, out_chs, stride, conv, cfg.avg_down)
-                           if stride > 1 or in_chs != out_chs else None)
+        first_dilation = first_dilation or dilation
+        # a stage's first block projects its shortcut also where it dilates instead of striding
+        self.downsample = (Downsample(in_chs, out_chs, stride, conv, cfg.avg_down, dilation)
+                           if stride > 1 or in_chs != out_chs or dilation != first_dilation else None)
         self.conv1 = conv(in_chs, width, 1)
-        self.conv2 = conv(width, width, 3, stride=stride, groups=groups)
-        self.conv2b = conv(width, width, 3, groups=groups) if cfg.extra_conv else None
+        self.conv2 = conv(width, width, 3, stride=stride, dilation=first_dilation, groups=groups)
+        self.conv2b = conv(width, width, 3, dilation=dilation, groups=groups) if cfg.extra_conv else None
         self.conv3 = conv(width, out_chs, 1)
         self.attn_last = SqueezeExcite(out_chs, int(out_chs * cfg.se_ratio)) if cfg.se_ratio else None
         self.drop_path = DropPath(drop_path_rate, scale_by_keep=False) if drop_path_rate > 0 else nn.Identity()
         self.skipinit_gain = nn.Parameter(torch.zeros(()))  # SkipInit: the residual starts switched off
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not torch.jit.is_scripting() and is_weight_standardized(self.conv1) and inference_cache_active(self):
+            return self._forward_folded(x)
         out = self.act(x) * self.beta
         shortcut = x if self.downsample is None else self.downsample(out)
         out = self.conv2(self.act(self.conv1(out)))
@@ -137,6 +150,29 @@ class NFBlock(nn.Module):
             out = self.attn_last(out)
         out = self.drop_path(out)
         return out * self.skipinit_gain * self.alpha + shortcut
+
+    @torch.jit.unused
+    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` at inference, in fewer passes over the activations (same result).
+
+        Every constant factor is moved off the activations: the activation's gamma (and beta)
+        into the next conv's cached weight, ``conv(gamma * g(x)) == conv_with(gamma * W)(g(x))``;
+        alpha and the skip gain into the squeeze-excite gate, so that the gate, the scalars and the
+        residual add are one ``addcmul``. Stochastic depth is the identity in eval mode.
+        """
+        g, gamma = self.act.fn, self.act.gamma
+        out = g(x)
+        shortcut = x
+        if self.downsample is not None:  # the avg-pool is linear: the scale moves through it
+            shortcut = self.downsample.conv(self.downsample.pool(out), gamma * self.beta)
+        out = self.conv2(g(self.conv1(out, gamma * self.beta)), gamma)
+        if self.conv2b is not None:
+            out = self.conv2b(g(out), gamma)
+        out = self.conv3(g(out), gamma)
+        gate = self.skipinit_gain * self.alpha
+        if self.attn_last is not None:
+            gate = self.attn_last.gate(out) * gate
+        return torch.addcmul(shortcut, out, gate)
 
 
 def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: type[nn.Module]
@@ -182,6 +218,9 @@ class NFNet(nn.Module):
         drop_rate: dropout before the classifier; None: the variant's rate (``cfg.drop_rate``).
         drop_path_rate: stochastic depth of the last block; None: ``cfg.stochdepth_rate``.
             Blocks are dropped without rescaling by the keep probability, as DeepMind does.
+        output_stride: 32, or 16 / 8 for dense prediction: the last stages then dilate their
+            3x3 convs instead of striding, as timm's ``dm_nfnet`` does (same parameters, so the
+            pretrained weights load unchanged).
     """
 
     def __init__(
@@ -193,11 +232,14 @@ class NFNet(nn.Module):
         global_pool: str = "avg",
         drop_rate: float | None = None,
         drop_path_rate: float | None = None,
+        output_stride: int = 32,
         **kwargs: Any,
     ):
         super().__init__()
         if numerics not in _GELU_FOR_NUMERICS:
             raise ValueError(f"numerics must be one of {sorted(_GELU_FOR_NUMERICS)}, got {numerics!r}")
+        if output_stride not in (8, 16, 32):
+            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
         cfg = replace(cfg, **kwargs)  # e.g. NFNetCfg fields such as alpha, se_ratio
         self.cfg, self.numerics = cfg, numerics
         self.num_classes, self.in_chans = num_classes, in_chans
@@ -212,14 +254,18 @@ class NFNet(nn.Module):
 
         betas = iter(expected_std_betas(cfg.depths, cfg.alpha))
         num_blocks, block_idx = sum(cfg.depths), 0
-        in_chs, reduction, stages = cfg.stem_width, 4, []
+        in_chs, reduction, dilation, stages = cfg.stem_width, 4, 1, []
         for stage_idx, (depth, out_chs) in enumerate(zip(cfg.depths, cfg.widths)):
             stride = 1 if stage_idx == 0 else 2
+            if reduction >= output_stride and stride > 1:  # dilate instead of striding, as timm
+                dilation, stride = dilation * stride, 1
             reduction *= stride
+            first_dilation = 1 if dilation in (1, 2) else 2  # the first block's conv2 keeps the previous rate
             blocks = []
             for i in range(depth):
                 blocks.append(NFBlock(in_chs, out_chs, stride if i == 0 else 1, next(betas), cfg, act_layer, conv,
-                                      drop_path_rate * block_idx / num_blocks))
+                                      drop_path_rate * block_idx / num_blocks,
+                                      dilation, first_dilation if i == 0 else dilation))
                 in_chs, block_idx = out_chs, block_idx + 1
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{stage_idx}"))
