@@ -1,7 +1,11 @@
 """Inference fast path of the weight-standardized convs, and nfzoo.fuse for export."""
+import copy
+import pickle
+
 import pytest
 import torch
 import torch.nn as nn
+from torch.utils.flop_counter import FlopCounterMode
 
 import nfzoo
 from nfzoo.fuse import PaddedConv2d
@@ -36,6 +40,10 @@ def model():
     return TinyWS().eval()
 
 
+# the cached path convolves with oneDNN directly on the CPU, summing in another order than F.conv2d
+CACHED = dict(rtol=1e-5, atol=1e-6)
+
+
 def reference(model, x):
     """The training path: standardized weights recomputed, nothing cached."""
     with torch.enable_grad():
@@ -62,12 +70,30 @@ def test_fast_path_reuses_weights_and_matches(model, monkeypatch):
         third = model(x)
     assert len(calls) == 4  # computed once, reused
     for out in (first, second, third):
-        torch.testing.assert_close(out, expected, rtol=0, atol=0)
+        torch.testing.assert_close(out, expected, **CACHED)
     reference(model, x)
     model.train()
     with torch.no_grad():
         model(x)
     assert len(calls) == 12  # grad enabled or training: always recomputed
+
+
+def test_packed_weights_follow_the_input_shape_and_step_aside(model):
+    """On the CPU the cache holds oneDNN-packed weights, repacked for a new input shape; autocast,
+    dispatch modes (a FLOP counter) and ``torch.backends.mkldnn`` switched off get aten convs."""
+    model.train().eval()
+    for hw in ((16, 16), (17, 15), (16, 16)):
+        x = torch.randn(3, 3, *hw)
+        with torch.no_grad():
+            torch.testing.assert_close(model(x), reference(model, x), **CACHED)
+        assert model.conv._inference_weight[1].is_mkldnn
+        assert model.conv._inference_weight[0][-1] == (8, (hw[0] + 1) // 2, (hw[1] + 1) // 2)
+    with torch.no_grad(), FlopCounterMode(display=False) as flops:
+        model(x)
+    assert flops.get_total_flops() > 0 and not model.conv._inference_weight[1].is_mkldnn
+    with torch.no_grad(), torch.backends.mkldnn.flags(enabled=False):
+        torch.testing.assert_close(model(x), reference(model, x), rtol=0, atol=0)
+    assert not model.conv._inference_weight[1].is_mkldnn
 
 
 def test_cache_invalidated_by_optimizer_step(model):
@@ -81,7 +107,7 @@ def test_cache_invalidated_by_optimizer_step(model):
     with torch.no_grad():
         after = model(x)
     assert not torch.allclose(after, before, atol=1e-3)
-    torch.testing.assert_close(after, reference(model, x), rtol=0, atol=0)
+    torch.testing.assert_close(after, reference(model, x), **CACHED)
     # the usual loop: train() / step / eval()
     model.train()
     opt.zero_grad()
@@ -89,7 +115,7 @@ def test_cache_invalidated_by_optimizer_step(model):
     opt.step()
     model.eval()
     with torch.no_grad():
-        torch.testing.assert_close(model(x), reference(model, x), rtol=0, atol=0)
+        torch.testing.assert_close(model(x), reference(model, x), **CACHED)
     # weights replaced by load_state_dict
     state = {k: v + 0.1 for k, v in model.state_dict().items()}
     with torch.no_grad():
@@ -98,7 +124,7 @@ def test_cache_invalidated_by_optimizer_step(model):
     with torch.no_grad():
         fresh = model(x)
     assert not torch.allclose(fresh, stale, atol=1e-3)
-    torch.testing.assert_close(fresh, reference(model, x), rtol=0, atol=0)
+    torch.testing.assert_close(fresh, reference(model, x), **CACHED)
 
 
 @pytest.mark.parametrize("hw", [(16, 16), (17, 15)])
@@ -241,3 +267,14 @@ def test_nfnet_folded_inference_equals_training_path(variant, kwargs, monkeypatc
     with torch.no_grad():
         model(x)
     assert len(folded) == 2 * sum(kwargs["depths"])  # training never folds
+
+
+def test_copies_leave_the_cache_behind(model):
+    x = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        expected = model(x)
+    assert "_inference_weight" in model.conv.__dict__
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert "_inference_weight" not in clone.conv.__dict__
+        with torch.no_grad():
+            torch.testing.assert_close(clone(x), expected, rtol=0, atol=0)

@@ -13,13 +13,22 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-__all__ = ["NONLINEARITIES", "GAMMA", "GammaAct"]
+__all__ = ["NONLINEARITIES", "NONLINEARITIES_INPLACE", "GAMMA", "GammaAct"]
 
 NONLINEARITIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "gelu": F.gelu,  # exact (erf) GELU, timm's choice
     "gelu_tanh": partial(F.gelu, approximate="tanh"),  # jax.nn.gelu's default, DeepMind's choice
     "relu": F.relu,
     "silu": F.silu,
+}
+
+# The same functions, overwriting their input: for inference on tensors nothing else holds (a
+# conv's fresh output), where they save a pass's allocation.
+NONLINEARITIES_INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": torch.ops.aten.gelu_,
+    "gelu_tanh": partial(torch.ops.aten.gelu_, approximate="tanh"),
+    "relu": F.relu_,
+    "silu": partial(F.silu, inplace=True),
 }
 
 GAMMA: dict[str, float] = {
@@ -39,6 +48,7 @@ class GammaAct(nn.Module):
             raise ValueError(f"unknown activation {name!r}; choose one of {sorted(NONLINEARITIES)}")
         self.name = name
         self.fn = NONLINEARITIES[name]
+        self.fn_ = NONLINEARITIES_INPLACE[name]
         self.gamma = GAMMA[name] if gamma is None else gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -28,6 +28,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.padding import get_padding_value, pad_same
+from torch.utils._python_dispatch import is_in_torch_dispatch_mode
 
 __all__ = [
     "ScaledStdConv2d", "WSConv1d", "WSConv2d", "WSConv3d", "StdNumerics", "WSEps", "is_weight_standardized",
@@ -109,29 +110,62 @@ def inference_cache_active(module: nn.Module) -> bool:
                 or torch.jit.is_tracing())
 
 
+def _packed_conv_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """True where the inference conv runs on oneDNN with a weight packed once, in place of
+    ``F.conv2d``, which re-lays the weight out on every call: a batched float32 2-D conv on the
+    CPU with numeric padding, outside autocast and dispatch modes (a FLOP counter must see an aten
+    conv). The caller checks :func:`inference_cache_active`."""
+    return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and conv.weight.dim() == 4
+            and conv.weight.dtype == torch.float32 and not isinstance(conv.padding, str)
+            and conv.padding_mode == "zeros" and torch.backends.mkldnn.enabled
+            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")
+            and not is_in_torch_dispatch_mode())
+
+
 class _InferenceWeightCache:
     """Mixin for a conv with a ``standardized_weight()``: the weight its forward convolves."""
 
-    def forward_weight(self, scale: float = 1.0) -> torch.Tensor:
+    def forward_weight(self, scale: float = 1.0, packed_for: torch.Size | None = None) -> torch.Tensor:
         """``standardized_weight() * scale``, cached while :func:`inference_cache_active`.
 
         ``scale`` folds a constant factor of the conv's input into its weight
-        (``conv(scale * x) == conv_with(scale * W)(x)``); the cache holds one scale at a time.
+        (``conv(scale * x) == conv_with(scale * W)(x)``). ``packed_for``, an input's shape
+        without the batch dim, asks for the weight in the blocked layout oneDNN picks for that
+        input (an opaque mkldnn tensor, the batch size does not change it). The cache holds one
+        weight at a time.
         """
         if not inference_cache_active(self):
             weight = self.standardized_weight()
             return weight if scale == 1.0 else weight * scale
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self._parameters.values() if p is not None)
-        key += (scale,)
+        key += (scale, packed_for)
         cached = self.__dict__.get("_inference_weight")
         if cached is None or cached[0] != key:
+            self.__dict__.pop("_inference_weight", None)  # free the old weight before making the new one
             weight = self.standardized_weight()
-            cached = self.__dict__["_inference_weight"] = (key, weight if scale == 1.0 else weight * scale)
+            weight = weight if scale == 1.0 else weight * scale
+            if packed_for is not None:
+                weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+                    weight.to_mkldnn(), self.padding, self.stride, self.dilation, self.groups, (1, *packed_for))
+            cached = self.__dict__["_inference_weight"] = (key, weight)
         return cached[1]
+
+    def conv_standardized(self, x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
+        """The conv of ``scale * x`` with the standardized weight (cached at inference, packed
+        for oneDNN where :func:`_packed_conv_applies`)."""
+        if inference_cache_active(self) and _packed_conv_applies(self, x):
+            weight = self.forward_weight(scale, packed_for=x.shape[1:])
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, weight, self.bias, self.padding, self.stride, self.dilation, self.groups, "none", [], "")
+        return self._conv_forward(x, self.forward_weight(scale), self.bias)
 
     def train(self, mode: bool = True):
         self.__dict__.pop("_inference_weight", None)
         return super().train(mode)
+
+    def __getstate__(self) -> dict:
+        """Copies and pickles leave the cache behind (a packed weight cannot be copied)."""
+        return {k: v for k, v in super().__getstate__().items() if k != "_inference_weight"}
 
 
 def is_weight_standardized(module: nn.Module) -> bool:
@@ -188,7 +222,7 @@ class ScaledStdConv2d(_InferenceWeightCache, nn.Conv2d):
         """The conv of ``input_scale * x``, with the scale folded into the (cached) weight."""
         if self.dynamic_same_pad:
             x = pad_same(x, self.kernel_size, self.stride, self.dilation)
-        return self._conv_forward(x, self.forward_weight(input_scale), self.bias)
+        return self.conv_standardized(x, input_scale)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", numerics={self.numerics}, eps={self.eps}" + (
@@ -225,7 +259,7 @@ class _WSConvMixin(_InferenceWeightCache):
         return w.to(self.weight.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(x, self.forward_weight(), self.bias)
+        return self.conv_standardized(x)
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", eps={self.eps}, eps_in={self.eps_in}"

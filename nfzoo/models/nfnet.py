@@ -158,21 +158,22 @@ class NFBlock(nn.Module):
         Every constant factor is moved off the activations: the activation's gamma (and beta)
         into the next conv's cached weight, ``conv(gamma * g(x)) == conv_with(gamma * W)(g(x))``;
         alpha and the skip gain into the squeeze-excite gate, so that the gate, the scalars and the
-        residual add are one ``addcmul``. Stochastic depth is the identity in eval mode.
+        residual add are one ``addcmul``. Stochastic depth is the identity in eval mode. Every pass
+        but the first activation writes into the conv output it reads: no new activation memory.
         """
-        g, gamma = self.act.fn, self.act.gamma
-        out = g(x)
+        g_, gamma = self.act.fn_, self.act.gamma  # in place: only on conv outputs, which nothing else holds
+        out = self.act.fn(x)
         shortcut = x
         if self.downsample is not None:  # the avg-pool is linear: the scale moves through it
             shortcut = self.downsample.conv(self.downsample.pool(out), gamma * self.beta)
-        out = self.conv2(g(self.conv1(out, gamma * self.beta)), gamma)
+        out = self.conv2(g_(self.conv1(out, gamma * self.beta)), gamma)
         if self.conv2b is not None:
-            out = self.conv2b(g(out), gamma)
-        out = self.conv3(g(out), gamma)
+            out = self.conv2b(g_(out), gamma)
+        out = self.conv3(g_(out), gamma)
         gate = self.skipinit_gain * self.alpha
         if self.attn_last is not None:
             gate = self.attn_last.gate(out) * gate
-        return torch.addcmul(shortcut, out, gate)
+        return torch.addcmul(shortcut, out, gate, out=out)
 
 
 def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: type[nn.Module]
@@ -374,12 +375,30 @@ class NFNet(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         _check_input(x, self.in_chans, self.min_input_size)
+        if not torch.jit.is_scripting() and is_weight_standardized(self.stem[0]) and inference_cache_active(self):
+            return self._forward_features_folded(x)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)
         else:
             x = self.stages(x)
         return self.final_act(self.final_conv(x))
+
+    @torch.jit.unused
+    def _forward_features_folded(self, x: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward_features` at inference, folded as :meth:`NFBlock._forward_folded`: the
+        stem's activations hand their gamma to the next conv's cached weight, and every
+        activation overwrites the fresh tensor it reads."""
+        scale = 1.0
+        for layer in self.stem:  # conv [act conv]... or conv pool
+            if isinstance(layer, GammaAct):
+                x, scale = layer.fn_(x), layer.gamma
+            elif isinstance(layer, ScaledStdConv2d):
+                x, scale = layer(x, scale), 1.0
+            else:
+                x = layer(x)
+        x = self.final_conv(self.stages(x))
+        return self.final_act.fn_(x).mul_(self.final_act.gamma) if isinstance(self.final_act, GammaAct) else x
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
