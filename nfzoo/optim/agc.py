@@ -16,8 +16,10 @@ Speed: timm's version allocates three full-size temporaries per parameter and la
 kernels for each. Here the per-unit norms of the weights and of the gradients are read once each
 (one ``torch._foreach_norm`` for all whole-tensor parameters, one reduction per matrix), the
 clipping factors of every unit of every parameter are computed in a handful of kernels on one
-concatenated vector, and the gradients are scaled in place by one ``torch._foreach_mul_``: four
-passes over memory, no temporaries the size of a parameter.
+concatenated vector, and only the gradients with a clipped unit are scaled in place, by one
+``torch._foreach_mul_`` (knowing which costs one host sync): two to four passes over memory, no
+temporaries the size of a parameter. Once training settles few units clip, and the third and
+fourth passes mostly vanish.
 """
 from __future__ import annotations
 
@@ -74,12 +76,17 @@ def adaptive_grad_clip_(parameters: Iterable[torch.Tensor], clip: float = 0.01, 
         grads = [p.grad for p in group]
         max_norm = _unit_norms([p.detach() for p in group]).clamp_(min=eps).mul_(clip)
         grad_norm = _unit_norms(grads)
-        factor = torch.where(grad_norm > max_norm, max_norm / grad_norm.clamp_(min=GRAD_NORM_FLOOR), 1.0)
+        clipped = grad_norm > max_norm
+        factor = torch.where(clipped, max_norm / grad_norm.clamp_(min=GRAD_NORM_FLOOR), 1.0)
         sizes = [g.shape[0] if _is_unitwise(g) else 1 for g in grads]
-        factors = [
-            f.view((-1,) + (1,) * (g.dim() - 1)) if _is_unitwise(g) else f.view(())
-            for f, g in zip(factor.split(sizes), grads)]
-        torch._foreach_mul_(grads, [f.to(g.dtype) for f, g in zip(factors, grads)])
+        # which tensors have a clipped unit: one host sync, and only those are rewritten
+        owner = torch.repeat_interleave(torch.arange(len(grads), device=factor.device),
+                                        torch.tensor(sizes, device=factor.device))
+        touched = torch.zeros(len(grads), device=factor.device).index_add_(0, owner, clipped.float()).bool().tolist()
+        scaled = [(g, f.view((-1,) + (1,) * (g.dim() - 1)) if _is_unitwise(g) else f.view(()))
+                  for g, f, t in zip(grads, factor.split(sizes), touched) if t]
+        if scaled:
+            torch._foreach_mul_([g for g, _ in scaled], [f.to(g.dtype) for g, f in scaled])
 
 
 def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
