@@ -83,6 +83,33 @@ def test_statistics_in_float32_under_bf16_autocast_and_constant_filters_finite(l
     assert out.dtype == torch.bfloat16 and torch.isfinite(out).all()
 
 
+@pytest.mark.parametrize("numerics", ["deepmind", "timm"])
+def test_standardization_exact_when_mean_dwarfs_spread(numerics):
+    """Trained filters can sit far from zero: the variance must not cancel away in float32."""
+    gen = torch.Generator().manual_seed(0)
+    w = torch.randn(64, 32, 3, 3, generator=gen) * 0.01 + torch.randn(64, 1, 1, 1, generator=gen)  # mean ~100x std
+    scaled = ScaledStdConv2d(32, 64, 3, numerics=numerics)
+    qiao = WSConv2d(32, 64, 3, eps_in="var")
+    with torch.no_grad():
+        scaled.weight.copy_(w)
+        qiao.weight.copy_(w)
+    expected = scaled_ws_reference(w.double(), scaled.gain.double(), numerics).float()
+    torch.testing.assert_close(scaled.standardized_weight(), expected, rtol=1e-4, atol=1e-6)
+    torch.testing.assert_close(qiao.standardized_weight(), ws_reference(w.double(), "var").float(), rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("eps_in", ["std", "var"])
+def test_ws_conv_gradients_in_float64(eps_in):
+    torch.manual_seed(0)
+    layer = WSConv2d(3, 4, 3, eps_in=eps_in).double()
+    x = torch.randn(2, 3, 5, 5, dtype=torch.double)
+
+    def forward(weight, bias):
+        return torch.func.functional_call(layer, {"weight": weight, "bias": bias}, (x,))
+    assert torch.autograd.gradcheck(forward, (layer.weight.detach().clone().requires_grad_(),
+                                              layer.bias.detach().clone().requires_grad_()))
+
+
 def test_gamma_act_constants():
     assert GAMMA == pytest.approx(dict(gelu=1.7015043497085571, gelu_tanh=1.7015043497085571,
                                        relu=1.7139588594436646, silu=1.7881293296813965), abs=0)
