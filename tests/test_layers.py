@@ -94,8 +94,9 @@ def test_standardization_exact_when_mean_dwarfs_spread(numerics):
         scaled.weight.copy_(w)
         qiao.weight.copy_(w)
     expected = scaled_ws_reference(w.double(), scaled.gain.double(), numerics).float()
-    torch.testing.assert_close(scaled.standardized_weight(), expected, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(qiao.standardized_weight(), ws_reference(w.double(), "var").float(), rtol=1e-4, atol=1e-5)
+    # float32's rounding of the mean alone is ~1e-7, i.e. 1e-5 of this spread; cancellation would cost percents
+    torch.testing.assert_close(scaled.standardized_weight(), expected, rtol=1e-4, atol=5e-6)  # outputs ~0.06
+    torch.testing.assert_close(qiao.standardized_weight(), ws_reference(w.double(), "var").float(), rtol=1e-4, atol=5e-5)
 
 
 @pytest.mark.parametrize("eps_in", ["std", "var"])
