@@ -14,7 +14,7 @@ import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import timm
 import torch
@@ -53,7 +53,7 @@ class BenchConfig:
     img_size: int = 128
     infer_batch: int = 16
     train_batch: int = 8
-    iters: int = 3
+    iters: int = 5
     warmup: int = 1
     device: str = "cpu"
 
@@ -67,18 +67,25 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def time_call(fn: Callable[[], object], cfg: BenchConfig, iters: int | None = None) -> float:
-    """Median wall time of ``fn`` in seconds, after ``cfg.warmup`` untimed calls."""
-    for _ in range(cfg.warmup):
-        fn()
-    times = []
-    for _ in range(iters or cfg.iters):
-        _sync(cfg.device)
-        start = time.perf_counter()
-        fn()
-        _sync(cfg.device)
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def time_rounds(fns: dict[str, Callable[[], object]], cfg: BenchConfig) -> dict[str, list[float]]:
+    """Wall times in seconds of every function, called in turn once per round, ``cfg.iters``
+    rounds after ``cfg.warmup`` untimed ones: the functions compared run under the same machine
+    conditions round by round, so their per-round ratios hold even while the load drifts."""
+    times: dict[str, list[float]] = {label: [] for label in fns}
+    for round_idx in range(cfg.warmup + cfg.iters):
+        for label, fn in fns.items():
+            _sync(cfg.device)
+            start = time.perf_counter()
+            fn()
+            _sync(cfg.device)
+            if round_idx >= cfg.warmup:
+                times[label].append(time.perf_counter() - start)
+    return times
+
+
+def speedups(times: dict[str, list[float]], ref_label: str) -> dict[str, float]:
+    """Per model, the median over rounds of the reference's time divided by its own (> 1: faster)."""
+    return {label: statistics.median(r / t for r, t in zip(times[ref_label], ts)) for label, ts in times.items()}
 
 
 def peak_step_memory(fn: Callable[[], object], cfg: BenchConfig) -> int:
@@ -130,19 +137,22 @@ def build_models(cfg: BenchConfig) -> dict[str, nn.Module]:
     return {k: m.to(cfg.device, memory_format=memory_format) for k, m in models.items()}
 
 
-def _bench_inference(model: nn.Module, cfg: BenchConfig) -> dict[str, float]:
+def _bench_inference(models: dict[str, nn.Module], cfg: BenchConfig) -> dict[str, dict[str, float]]:
     """Eval mode under ``torch.inference_mode``: for nfzoo, its automatic fast path (cached
-    standardized weights, folded blocks), not ``nfzoo.fuse``."""
-    model.eval()
-    out = {}
-    for label, batch in (("latency_ms", 1), ("infer_img_s", cfg.infer_batch)):
+    standardized weights, folded blocks, oneDNN-packed weights on the CPU), not ``nfzoo.fuse``."""
+    out: dict[str, dict[str, float]] = {label: {} for label in models}
+    for metric, batch in (("latency_ms", 1), ("infer_img_s", cfg.infer_batch)):
         x = _inputs(batch, cfg)
 
-        def forward():
-            with torch.inference_mode(), _autocast(cfg):
-                return model(x)
-        seconds = time_call(forward, cfg)
-        out[label] = seconds * 1e3 if batch == 1 else batch / seconds
+        def forward(model: nn.Module) -> Callable[[], object]:
+            def call():
+                with torch.inference_mode(), _autocast(cfg):
+                    return model(x)
+            return call
+        times = time_rounds({label: forward(model.eval()) for label, model in models.items()}, cfg)
+        for label, speedup in speedups(times, next(iter(models))).items():
+            seconds = statistics.median(times[label])
+            out[label] |= {metric: seconds * 1e3 if batch == 1 else batch / seconds, f"{metric}_speedup": speedup}
     return out
 
 
@@ -169,12 +179,14 @@ def _train_step_fn(model: nn.Module, zoo: bool, cfg: BenchConfig) -> Callable[[]
     return step
 
 
-def _bench_training(model: nn.Module, zoo: bool, cfg: BenchConfig) -> dict[str, float]:
-    model.train()
-    step = _train_step_fn(model, zoo, cfg)
-    out = {"train_img_s": cfg.train_batch / time_call(step, cfg)}
-    out["train_peak_mib"] = peak_step_memory(step, cfg) / 2**20
-    model.zero_grad(set_to_none=True)
+def _bench_training(models: dict[str, nn.Module], cfg: BenchConfig) -> dict[str, dict[str, float]]:
+    steps = {label: _train_step_fn(model.train(), label.startswith("nfzoo"), cfg) for label, model in models.items()}
+    times = time_rounds(steps, cfg)
+    out = {}
+    for label, speedup in speedups(times, next(iter(models))).items():
+        out[label] = {"train_img_s": cfg.train_batch / statistics.median(times[label]), "train_img_s_speedup": speedup,
+                      "train_peak_mib": peak_step_memory(steps[label], cfg) / 2**20}
+        models[label].zero_grad(set_to_none=True)
     return out
 
 
@@ -191,15 +203,21 @@ def _bench_agc(model: nn.Module, cfg: BenchConfig) -> dict[str, float]:
     params = [p for p in model.parameters() if id(p) not in head and p.grad is not None]
     saved = [p.grad.clone() for p in params]
 
-    def timed(clip_fn):
-        def run_once():
-            torch._foreach_copy_([p.grad for p in params], saved)
+    def restore():
+        torch._foreach_copy_([p.grad for p in params], saved)
+
+    def clip_with(clip_fn: Callable[..., None]) -> Callable[[], None]:
+        def call():
+            restore()
             clip_fn(params, 0.01)
-        restore = time_call(lambda: torch._foreach_copy_([p.grad for p in params], saved), cfg, cfg.iters * 3)
-        return (time_call(run_once, cfg, cfg.iters * 3) - restore) * 1e3
-    out = {"agc_timm_ms": timed(adaptive_clip_grad), "agc_nfzoo_ms": timed(adaptive_grad_clip_)}
+        return call
+    times = time_rounds({"timm": clip_with(adaptive_clip_grad), "nfzoo": clip_with(adaptive_grad_clip_),
+                         "restore": restore}, replace(cfg, iters=cfg.iters * 3))
+    restore_s = statistics.median(times.pop("restore"))
+    ms = {label: [(t - restore_s) * 1e3 for t in ts] for label, ts in times.items()}
     model.zero_grad(set_to_none=True)
-    return out
+    return {"agc_timm_ms": statistics.median(ms["timm"]), "agc_nfzoo_ms": statistics.median(ms["nfzoo"]),
+            "agc_speedup": speedups(ms, "timm")["nfzoo"]}
 
 
 def _logits_difference(models: dict[str, nn.Module], ref_label: str, cfg: BenchConfig) -> dict[str, float]:
@@ -234,14 +252,14 @@ def run(cfg: BenchConfig) -> dict[str, dict[str, float]]:
         models = build_models(cfg)
     ref_label = next(iter(models))
     results = {"logits_max_abs_diff_vs_timm": _logits_difference(models, ref_label, cfg)}
-    # metric by metric, so that the models compared are measured close together in time
     results |= {label: {} for label in models}
+    # metric by metric, every model in turn within each timed round
     with _stage("inference"):
-        for label, model in models.items():
-            results[label] |= _bench_inference(model, cfg)
+        for label, res in _bench_inference(models, cfg).items():
+            results[label] |= res
     with _stage("training"):
-        for label, model in models.items():
-            results[label] |= _bench_training(model, label.startswith("nfzoo"), cfg)
+        for label, res in _bench_training(models, cfg).items():
+            results[label] |= res
     with _stage("agc"):
         results["agc"] = _bench_agc(models[ref_label], cfg)
     if cfg.gpu:
@@ -267,7 +285,9 @@ _METRICS = [  # key, label, higher is better
 
 
 def format_results(results: dict[str, dict[str, float]], ref_label: str, cfg: BenchConfig) -> str:
-    """A plain-text table; ratios are relative to timm, > 1 meaning nfzoo is better."""
+    """A plain-text table; ratios are relative to timm, > 1 meaning nfzoo is better. Timed
+    metrics show the median of the per-round ratios (:func:`speedups`), the others the ratio of
+    the values."""
     ref = results[ref_label]
     labels = [k for k in results if k not in ("agc", "logits_max_abs_diff_vs_timm")]
     width = max(map(len, labels)) + 2
@@ -278,12 +298,13 @@ def format_results(results: dict[str, dict[str, float]], ref_label: str, cfg: Be
         row = f"{name:<24}"
         for k in labels:
             v = results[k][key]
-            ratio = "" if k == ref_label else f" ({(v / ref[key]) if higher else (ref[key] / v):.2f}x)"
+            speedup = results[k].get(f"{key}_speedup", (v / ref[key]) if higher else (ref[key] / v))
+            ratio = "" if k == ref_label else f" ({speedup:.2f}x)"
             row += f"{f'{v:.4g}{ratio}':>{width}}"
         lines.append(row)
     agc = results["agc"]
     lines.append(f"AGC over {cfg.variant.upper()}'s params: timm {agc['agc_timm_ms']:.1f} ms, nfzoo "
-                 f"{agc['agc_nfzoo_ms']:.1f} ms ({agc['agc_timm_ms'] / agc['agc_nfzoo_ms']:.2f}x)")
+                 f"{agc['agc_nfzoo_ms']:.1f} ms ({agc['agc_speedup']:.2f}x)")
     diffs = ", ".join(f"{k}: {v:.2e}" for k, v in results["logits_max_abs_diff_vs_timm"].items())
     lines.append(f"logits max abs diff vs timm, relative to max |logit|: {diffs}")
     return "\n".join(lines)
@@ -306,7 +327,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--img-size", type=int, help="default 128 on CPU, 256 on GPU")
     p.add_argument("--infer-batch", type=int, help="large-batch inference (default 16 CPU, 256 GPU)")
     p.add_argument("--train-batch", type=int, help="training batch (default 8 CPU, 64 GPU)")
-    p.add_argument("--iters", type=int, help="timed iterations, median reported (default 3 CPU, 20 GPU)")
+    p.add_argument("--iters", type=int, help="timed rounds, medians reported (default 5 CPU, 20 GPU)")
     p.add_argument("--warmup", type=int, help="untimed iterations first (default 1 CPU, 5 GPU)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     args = p.parse_args(argv)
@@ -318,11 +339,11 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         img_size=args.img_size or (256 if gpu else 128),
         infer_batch=args.infer_batch or (256 if gpu else 16),
         train_batch=args.train_batch or (64 if gpu else 8),
-        iters=args.iters or (20 if gpu else 3),
+        iters=args.iters or (20 if gpu else 5),
         warmup=args.warmup or (5 if gpu else 1))
     if gpu:
         torch.backends.cudnn.benchmark = True
     print(f"nfzoo vs timm, NFNet-{cfg.variant.upper()} at {cfg.img_size} px on {describe_device(cfg)}; "
           f"batch 1 / {cfg.infer_batch} inference, {cfg.train_batch} training; "
-          f"median of {cfg.iters} after {cfg.warmup} warm-up", flush=True)
+          f"{cfg.iters} rounds after {cfg.warmup} warm-up, models in turn within a round", flush=True)
     return run(cfg)

@@ -19,10 +19,14 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel multiplier ``2 * sigmoid(...)``, shaped (N, C, 1, 1)."""
-        s = x.mean((2, 3), keepdim=True)
-        return 2.0 * torch.sigmoid(self.fc2(torch.relu(self.fc1(s))))
+        return 2.0 * torch.sigmoid(self._logits(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.gate(x)
+        # the 2 applied last, in place: autograd then keeps only the sigmoid's output, which its
+        # own backward needs anyway, instead of a second (N, C, 1, 1) tensor per block
+        return (x * torch.sigmoid(self._logits(x))).mul_(2.0)

@@ -149,7 +149,7 @@ class NFBlock(nn.Module):
         if self.attn_last is not None:
             out = self.attn_last(out)
         out = self.drop_path(out)
-        return out * self.skipinit_gain * self.alpha + shortcut
+        return torch.addcmul(shortcut, out, self.skipinit_gain * self.alpha)  # shortcut + alpha * gain * out
 
     @torch.jit.unused
     def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
