@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 __all__ = ["SqueezeExcite"]
 
@@ -20,7 +21,9 @@ class SqueezeExcite(nn.Module):
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(torch.relu(self.fc1(x.mean((2, 3), keepdim=True))))
+        # the 1x1 convs of a pooled (N, C, 1, 1) map, run as the matrix products they are
+        h = torch.relu(F.linear(x.mean((2, 3)), self.fc1.weight.flatten(1), self.fc1.bias))
+        return F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias)[:, :, None, None]
 
     def gate(self, x: torch.Tensor) -> torch.Tensor:
         """The per-channel multiplier ``2 * sigmoid(...)``, shaped (N, C, 1, 1)."""
