@@ -158,18 +158,19 @@ class NFBlock(nn.Module):
         Every constant factor is moved off the activations: the activation's gamma (and beta)
         into the next conv's cached weight, ``conv(gamma * g(x)) == conv_with(gamma * W)(g(x))``;
         alpha and the skip gain into the squeeze-excite gate, so that the gate, the scalars and the
-        residual add are one ``addcmul``. Stochastic depth is the identity in eval mode. Every pass
-        but the first activation writes into the conv output it reads: no new activation memory.
+        residual add are one ``addcmul``. Stochastic depth is the identity in eval mode. Every
+        activation but the first is computed by the conv before it (a oneDNN post-op on the CPU,
+        else in place on its output), and the ``addcmul`` writes into conv3's output.
         """
-        g_, gamma = self.act.fn_, self.act.gamma  # in place: only on conv outputs, which nothing else holds
+        act, gamma = self.act.name, self.act.gamma
         out = self.act.fn(x)
         shortcut = x
         if self.downsample is not None:  # the avg-pool is linear: the scale moves through it
             shortcut = self.downsample.conv(self.downsample.pool(out), gamma * self.beta)
-        out = self.conv2(g_(self.conv1(out, gamma * self.beta)), gamma)
+        out = self.conv2(self.conv1(out, gamma * self.beta, act=act), gamma, act=act)
         if self.conv2b is not None:
-            out = self.conv2b(g_(out), gamma)
-        out = self.conv3(g_(out), gamma)
+            out = self.conv2b(out, gamma, act=act)
+        out = self.conv3(out, gamma)
         gate = self.skipinit_gain * self.alpha
         if self.attn_last is not None:
             gate = self.attn_last.gate(out) * gate
@@ -387,18 +388,24 @@ class NFNet(nn.Module):
     @torch.jit.unused
     def _forward_features_folded(self, x: torch.Tensor) -> torch.Tensor:
         """:meth:`forward_features` at inference, folded as :meth:`NFBlock._forward_folded`: the
-        stem's activations hand their gamma to the next conv's cached weight, and every
-        activation overwrites the fresh tensor it reads."""
-        scale = 1.0
-        for layer in self.stem:  # conv [act conv]... or conv pool
-            if isinstance(layer, GammaAct):
-                x, scale = layer.fn_(x), layer.gamma
-            elif isinstance(layer, ScaledStdConv2d):
-                x, scale = layer(x, scale), 1.0
-            else:
+        stem's activations are computed by the conv before them and hand their gamma to the conv
+        after them; the final activation and its gamma overwrite the tensor they read."""
+        layers, scale = list(self.stem), 1.0
+        for layer, after in zip(layers, layers[1:] + [None]):  # conv [act conv]... or conv pool
+            if isinstance(layer, ScaledStdConv2d):
+                act = after if isinstance(after, GammaAct) else None
+                x = layer(x, scale, act=act.name if act else None)
+                scale = act.gamma if act else 1.0
+            elif not isinstance(layer, GammaAct):  # an act is run by the conv before it
                 x = layer(x)
-        x = self.final_conv(self.stages(x))
-        return self.final_act.fn_(x).mul_(self.final_act.gamma) if isinstance(self.final_act, GammaAct) else x
+        x = self.stages(x)
+        if not isinstance(self.final_act, GammaAct):  # pruned
+            return self.final_conv(x)
+        if isinstance(self.final_conv, ScaledStdConv2d):
+            x = self.final_conv(x, act=self.final_act.name)
+        else:
+            x = self.final_act.fn_(x)
+        return x.mul_(self.final_act.gamma)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
