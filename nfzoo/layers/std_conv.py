@@ -17,8 +17,10 @@ Inference fast path: in eval mode with gradients disabled, the standardized weig
 once and reused until a parameter of the conv changes (its version counter, storage, dtype or
 device; in-place updates through ``.data`` bypass the version counter, but ``.train()`` /
 ``.eval()`` always drop the cache). Training, autograd, ``torch.compile`` and tracing always
-recompute it, so gradients and compiled graphs are exact and free of graph breaks. For export,
-:func:`nfzoo.fuse` bakes the standardized weights into plain convolutions.
+recompute it, so gradients and compiled graphs are exact and free of graph breaks. On the CPU the
+cached weight is kept packed in oneDNN's layout and convolved by oneDNN directly (see
+:func:`_packed_conv_applies`). For export, :func:`nfzoo.fuse` bakes the standardized weights into
+plain convolutions.
 """
 from __future__ import annotations
 
