@@ -118,6 +118,11 @@ _ONEDNN_POST_OPS = {"gelu": ("gelu", "none"), "gelu_tanh": ("gelu", "tanh"), "re
                     "silu": ("swish", "")}
 
 
+# private ops of PyTorch's CPU inference compiler (torch 2.x): checked once, not assumed
+_HAS_ONEDNN_CONV = (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_convolution_pointwise")
+                    and hasattr(torch._C._nn, "mkldnn_reorder_conv2d_weight"))
+
+
 def _packed_conv_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     """True where the inference conv runs on oneDNN with a weight packed once, in place of
     ``F.conv2d``, which re-lays the weight out on every call: a batched float32 2-D conv on the
@@ -125,8 +130,8 @@ def _packed_conv_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
     conv). The caller checks :func:`inference_cache_active`."""
     return (x.device.type == "cpu" and x.dtype == torch.float32 and x.dim() == 4 and conv.weight.dim() == 4
             and conv.weight.dtype == torch.float32 and not isinstance(conv.padding, str)
-            and conv.padding_mode == "zeros" and torch.backends.mkldnn.enabled
-            and torch.backends.mkldnn.is_available() and not torch.is_autocast_enabled("cpu")
+            and conv.padding_mode == "zeros" and _HAS_ONEDNN_CONV and torch.backends.mkldnn.enabled
+            and not torch.is_autocast_enabled("cpu")
             and not is_in_torch_dispatch_mode())
 
 
