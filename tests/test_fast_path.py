@@ -214,16 +214,21 @@ def test_scaled_ws_memory_lean_backward_is_exact(numerics):
         torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
 
 
+@torch.no_grad()
+def shift_parameters(model, suffixes, noise):
+    """Move the parameters named ``*suffix`` away from their init by ``0.5 * noise(p)``."""
+    for name, p in model.named_parameters():
+        if name.endswith(suffixes):
+            p.add_(noise(p) * 0.5)
+
+
 def test_nfnet_f0_fast_path_and_fuse():
     """On the real network: cached inference and the fused model give the training path's logits."""
     import timm
 
     torch.manual_seed(0)
     model = timm.create_model("nfnet_f0", num_classes=10)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("skipinit_gain", "gain")):
-                p.add_(torch.rand_like(p) * 0.5)
+    shift_parameters(model, ("skipinit_gain", "gain"), torch.rand_like)
     model.eval()
     x = torch.randn(1, 3, 64, 64)
     expected = reference(model, x)
@@ -248,10 +253,7 @@ def test_nfnet_folded_inference_equals_training_path(variant, kwargs, monkeypatc
 
     torch.manual_seed(0)
     model = timm.create_model(variant, num_classes=10, drop_path_rate=0.2, **kwargs)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if name.endswith(("gain", "bias")):
-                p.add_(torch.randn_like(p) * 0.5)
+    shift_parameters(model, ("gain", "bias"), torch.randn_like)
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     expected = reference(model, x)

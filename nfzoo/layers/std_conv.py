@@ -138,18 +138,22 @@ def _packed_conv_applies(conv: nn.Conv2d, x: torch.Tensor) -> bool:
 class _InferenceWeightCache:
     """Mixin for a conv with a ``standardized_weight()``: the weight its forward convolves."""
 
-    def forward_weight(self, scale: float = 1.0, packed_for: torch.Size | None = None) -> torch.Tensor:
+    def forward_weight(self, scale: float = 1.0) -> torch.Tensor:
         """``standardized_weight() * scale``, cached while :func:`inference_cache_active`.
 
         ``scale`` folds a constant factor of the conv's input into its weight
-        (``conv(scale * x) == conv_with(scale * W)(x)``). ``packed_for``, an input's shape
-        without the batch dim, asks for the weight in the blocked layout oneDNN picks for that
-        input (an opaque mkldnn tensor, the batch size does not change it). The cache holds one
-        weight at a time.
+        (``conv(scale * x) == conv_with(scale * W)(x)``).
         """
-        if not inference_cache_active(self):
-            weight = self.standardized_weight()
-            return weight if scale == 1.0 else weight * scale
+        if inference_cache_active(self):
+            return self._cached_weight(scale)
+        weight = self.standardized_weight()
+        return weight if scale == 1.0 else weight * scale
+
+    def _cached_weight(self, scale: float, packed_for: torch.Size | None = None) -> torch.Tensor:
+        """:meth:`forward_weight`'s cached value. ``packed_for``, an input's shape without the
+        batch dim, asks for the weight in the blocked layout oneDNN picks for that input (an
+        opaque mkldnn tensor; the batch size does not change it). The cache holds one weight at
+        a time."""
         key = tuple((p._version, p.data_ptr(), p.dtype, p.device) for p in self._parameters.values() if p is not None)
         key += (scale, packed_for)
         cached = self.__dict__.get("_inference_weight")
@@ -171,7 +175,7 @@ class _InferenceWeightCache:
         if inference_cache_active(self) and _packed_conv_applies(self, x):
             post_op, algorithm = _ONEDNN_POST_OPS.get(act, ("none", ""))
             out = torch.ops.mkldnn._convolution_pointwise(
-                x, self.forward_weight(scale, packed_for=x.shape[1:]), self.bias, self.padding, self.stride,
+                x, self._cached_weight(scale, packed_for=x.shape[1:]), self.bias, self.padding, self.stride,
                 self.dilation, self.groups, post_op, [], algorithm)
             if post_op != "none":
                 return out
