@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test bench
+.PHONY: setup demo test bench gpu-check
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml constraints.txt
@@ -22,3 +22,9 @@ test: setup
 
 bench: setup
 	$(VENV)/bin/python eval/bench.py
+
+# The GPU check (docs/speed.md, "GPU check"): runs with the machine's own python3 and torch, no .venv.
+OUT ?= gpu-check-out
+GPU_CHECK_ARGS ?=
+gpu-check:
+	PYTHONPATH=$${PYTHONPATH:+$$PYTHONPATH:}. $(PYTHON) eval/gpu_check.py --out $(OUT) $(GPU_CHECK_ARGS)
