@@ -6,29 +6,18 @@ normalization layers. The constants are DeepMind's published values.
 """
 from __future__ import annotations
 
-from functools import partial
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-__all__ = ["NONLINEARITIES", "NONLINEARITIES_INPLACE", "GAMMA", "GammaAct"]
+__all__ = ["NONLINEARITIES", "GAMMA", "GammaAct"]
 
-NONLINEARITIES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,  # exact (erf) GELU, timm's choice
-    "gelu_tanh": partial(F.gelu, approximate="tanh"),  # jax.nn.gelu's default, DeepMind's choice
-    "relu": F.relu,
-    "silu": F.silu,
-}
-
-# The same functions, overwriting their input: for inference on tensors nothing else holds (a
-# conv's fresh output), where they save a pass's allocation.
-NONLINEARITIES_INPLACE: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": torch.ops.aten.gelu_,
-    "gelu_tanh": partial(torch.ops.aten.gelu_, approximate="tanh"),
-    "relu": F.relu_,
-    "silu": partial(F.silu, inplace=True),
+NONLINEARITIES: dict[str, Callable[[], nn.Module]] = {
+    "gelu": nn.GELU,  # exact (erf) GELU, timm's choice
+    "gelu_tanh": lambda: nn.GELU(approximate="tanh"),  # jax.nn.gelu's default, DeepMind's choice
+    "relu": nn.ReLU,
+    "silu": nn.SiLU,
 }
 
 GAMMA: dict[str, float] = {
@@ -47,12 +36,11 @@ class GammaAct(nn.Module):
         if name not in NONLINEARITIES:
             raise ValueError(f"unknown activation {name!r}; choose one of {sorted(NONLINEARITIES)}")
         self.name = name
-        self.fn = NONLINEARITIES[name]
-        self.fn_ = NONLINEARITIES_INPLACE[name]
+        self.act = NONLINEARITIES[name]()
         self.gamma = GAMMA[name] if gamma is None else gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fn(x) * self.gamma
+        return self.act(x) * self.gamma
 
     def extra_repr(self) -> str:
         return f"{self.name}, gamma={self.gamma}"

@@ -28,6 +28,7 @@ import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.layers import register_notrace_module
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
 __all__ = ["BatchChannelNorm2d", "BatchStats", "EstimatedBatchNorm2d", "SyncedBatchNorm2d"]
@@ -55,6 +56,7 @@ def _as_channels(t: torch.Tensor, dim: int) -> torch.Tensor:
     return t.view(-1, *([1] * (dim - 2)))
 
 
+@register_notrace_module  # FX keeps batch norms whole, as torch's own
 class SyncedBatchNorm2d(nn.BatchNorm2d):
     """``nn.BatchNorm2d`` whose training statistics are those of the global batch under
     ``torch.distributed`` (on any backend); otherwise exactly ``nn.BatchNorm2d``.
@@ -69,8 +71,21 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
         self.process_group = process_group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not (self.training and _synchronized(self.process_group)):
-            return super().forward(x)
+        if not torch.jit.is_scripting():  # TorchScript runs single-process
+            if self.training and _synchronized(self.process_group):
+                return self._forward_synchronized(x)
+        # nn.BatchNorm2d's own forward, which TorchScript cannot reach through super()
+        momentum = 0.0 if self.momentum is None else self.momentum
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+            if self.momentum is None:
+                momentum = 1.0 / float(self.num_batches_tracked)
+        running = not self.training or self.track_running_stats
+        return F.batch_norm(x, self.running_mean if running else None, self.running_var if running else None,
+                            self.weight, self.bias, self.training or self.running_mean is None, momentum, self.eps)
+
+    @torch.jit.unused
+    def _forward_synchronized(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         xf = x.float()
         mean, count = _channel_mean(xf, self.process_group)
@@ -88,6 +103,7 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
         return out.to(x.dtype)
 
 
+@register_notrace_module
 class EstimatedBatchNorm2d(nn.BatchNorm2d):
     """The authors' estimated batch normalization for micro-batch training ("EstBN").
 
@@ -120,15 +136,19 @@ class EstimatedBatchNorm2d(nn.BatchNorm2d):
         self.process_group = process_group
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check_input_dim(x)
         if self.training:
-            with torch.no_grad():
-                xf = x.float()
-                mean, _ = _channel_mean(xf, self.process_group)
-                var, _ = _channel_mean((xf - _as_channels(self.running_mean, x.dim())) ** 2, self.process_group)
-                self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.estbn_moving_speed)
-                self.running_var.lerp_(var.to(self.running_var.dtype), self.estbn_moving_speed)
+            self._update_estimates(x)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+
+    @torch.jit.unused  # TorchScript'd models run it in eval mode
+    def _update_estimates(self, x):  # unannotated: TorchScript fails to resolve annotations of unused methods here
+        self._check_input_dim(x)
+        with torch.no_grad():
+            xf = x.float()
+            mean, _ = _channel_mean(xf, self.process_group)
+            var, _ = _channel_mean((xf - _as_channels(self.running_mean, x.dim())) ** 2, self.process_group)
+            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.estbn_moving_speed)
+            self.running_var.lerp_(var.to(self.running_var.dtype), self.estbn_moving_speed)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "estbn_moving_speed", self.estbn_moving_speed)

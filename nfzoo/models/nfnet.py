@@ -30,12 +30,12 @@ import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import AvgPool2dSame, ClassifierHead, create_pool2d
-from timm.layers._fx import register_notrace_function
+from timm.layers import register_notrace_function
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs
 from timm.models._features import feature_take_indices
 
 from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
-from ..layers.std_conv import StdNumerics, inference_cache_active, is_weight_standardized
+from ..layers.std_conv import StdNumerics
 from ..weights import pretrained_cfg
 from ._builder import build_zoo_model
 from ._checkpoint import checkpoint_filter_fn
@@ -138,8 +138,6 @@ class NFBlock(nn.Module):
         self.skipinit_gain = nn.Parameter(torch.zeros(()))  # SkipInit: the residual starts switched off
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not torch.jit.is_scripting() and is_weight_standardized(self.conv1) and inference_cache_active(self):
-            return self._forward_folded(x)
         out = self.act(x) * self.beta
         shortcut = x if self.downsample is None else self.downsample(out)
         out = self.conv2(self.act(self.conv1(out)))
@@ -149,32 +147,9 @@ class NFBlock(nn.Module):
         if self.attn_last is not None:
             out = self.attn_last(out)
         out = self.drop_path(out)
-        return torch.addcmul(shortcut, out, self.skipinit_gain * self.alpha)  # shortcut + alpha * gain * out
-
-    @torch.jit.unused
-    def _forward_folded(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward` at inference, in fewer passes over the activations (same result).
-
-        Every constant factor is moved off the activations: the activation's gamma (and beta)
-        into the next conv's cached weight, ``conv(gamma * g(x)) == conv_with(gamma * W)(g(x))``;
-        alpha and the skip gain into the squeeze-excite gate, so that the gate, the scalars and the
-        residual add are one ``addcmul``. Stochastic depth is the identity in eval mode. Every
-        activation but the first is computed by the conv before it (a oneDNN post-op on the CPU,
-        else in place on its output), and the ``addcmul`` writes into conv3's output.
-        """
-        act, gamma = self.act.name, self.act.gamma
-        out = self.act.fn(x)
-        shortcut = x
-        if self.downsample is not None:  # the avg-pool is linear: the scale moves through it
-            shortcut = self.downsample.conv(self.downsample.pool(out), gamma * self.beta)
-        out = self.conv2(self.conv1(out, gamma * self.beta, act=act), gamma, act=act)
-        if self.conv2b is not None:
-            out = self.conv2b(out, gamma, act=act)
-        out = self.conv3(out, gamma)
-        gate = self.skipinit_gain * self.alpha
-        if self.attn_last is not None:
-            gate = self.attn_last.gate(out) * gate
-        return torch.addcmul(shortcut, out, gate, out=out)
+        # shortcut + alpha * gain * out, in out's dtype: under autocast, addcmul runs in its widest
+        # input's dtype, and a float32 gain would turn the whole residual stream to float32
+        return torch.addcmul(shortcut, out, (self.skipinit_gain * self.alpha).to(out.dtype))
 
 
 def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: type[nn.Module]
@@ -197,13 +172,13 @@ def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: t
 
 
 @register_notrace_function
-def _check_input(x: torch.Tensor, in_chans: int, min_size: int) -> None:
-    if x.ndim != 4 or x.shape[1] != in_chans:
+def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int) -> None:
+    if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(
-            f"expected an (N, {in_chans}, H, W) image batch, got shape {tuple(x.shape)}: the model was "
-            f"built for in_chans={in_chans}; convert the images or create the model with "
-            f"in_chans={x.shape[1] if x.ndim == 4 else 'C'}")
-    if min(x.shape[-2:]) < min_size:
+            f"expected an (N, {in_chans}, H, W) image batch, got shape {list(x.shape)}: the model was built "
+            f"for in_chans={in_chans}; convert the images, or create the model with in_chans set to their "
+            "channel count")
+    if min(x.shape[-2], x.shape[-1]) < min_size:
         raise ValueError(
             f"input of {x.shape[-2]}x{x.shape[-1]} px is smaller than the network's output stride: "
             f"resize it to at least {min_size}x{min_size} (the model's pretrained_cfg gives the sizes "
@@ -334,7 +309,7 @@ class NFNet(nn.Module):
         the last is taken after ``final_conv``, before its activation), as timm's models do."""
         if output_fmt != "NCHW":
             raise ValueError(f"output_fmt must be 'NCHW', got {output_fmt!r}")
-        _check_input(x, self.in_chans, self.min_input_size)
+        check_image_batch(x, self.in_chans, self.min_input_size)
         last_idx = len(self.stages)
         take_indices, max_index = feature_take_indices(last_idx + 1, indices)
         intermediates = []
@@ -375,37 +350,13 @@ class NFNet(nn.Module):
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        _check_input(x, self.in_chans, self.min_input_size)
-        if not torch.jit.is_scripting() and is_weight_standardized(self.stem[0]) and inference_cache_active(self):
-            return self._forward_features_folded(x)
+        check_image_batch(x, self.in_chans, self.min_input_size)
         x = self.stem(x)
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.stages, x)
         else:
             x = self.stages(x)
         return self.final_act(self.final_conv(x))
-
-    @torch.jit.unused
-    def _forward_features_folded(self, x: torch.Tensor) -> torch.Tensor:
-        """:meth:`forward_features` at inference, folded as :meth:`NFBlock._forward_folded`: the
-        stem's activations are computed by the conv before them and hand their gamma to the conv
-        after them; the final activation and its gamma overwrite the tensor they read."""
-        layers, scale = list(self.stem), 1.0
-        for layer, after in zip(layers, layers[1:] + [None]):  # conv [act conv]... or conv pool
-            if isinstance(layer, ScaledStdConv2d):
-                act = after if isinstance(after, GammaAct) else None
-                x = layer(x, scale, act=act.name if act else None)
-                scale = act.gamma if act else 1.0
-            elif not isinstance(layer, GammaAct):  # an act is run by the conv before it
-                x = layer(x)
-        x = self.stages(x)
-        if not isinstance(self.final_act, GammaAct):  # pruned
-            return self.final_conv(x)
-        if isinstance(self.final_conv, ScaledStdConv2d):
-            x = self.final_conv(x, act=self.final_act.name)
-        else:
-            x = self.final_act.fn_(x)
-        return x.mul_(self.final_act.gamma)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         return self.head(x, pre_logits=pre_logits)
