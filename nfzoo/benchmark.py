@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from timm.utils.agc import adaptive_clip_grad
 from torch.utils.flop_counter import FlopCounterMode
 
+from .fuse import fuse
 from .optim import AGC, adaptive_grad_clip_, classifier_parameters
 
 __all__ = ["BenchConfig", "DENSE_BF16_TFLOPS", "build_models", "run", "main"]
@@ -138,8 +139,11 @@ def build_models(cfg: BenchConfig) -> dict[str, nn.Module]:
 
 
 def _bench_inference(models: dict[str, nn.Module], cfg: BenchConfig) -> dict[str, dict[str, float]]:
-    """Eval mode under ``torch.inference_mode``: for nfzoo, its automatic fast path (cached
-    standardized weights, folded blocks, oneDNN-packed weights on the CPU), not ``nfzoo.fuse``."""
+    """Eval mode under ``torch.inference_mode``: timm's model as it is, nfzoo's after the explicit
+    inference step :func:`nfzoo.fuse` (plain convs, constant factors folded in)."""
+    size = (3, cfg.img_size, cfg.img_size)
+    models = {label: fuse(m.eval(), input_size=size) if label.startswith("nfzoo") else m.eval()
+              for label, m in models.items()}
     out: dict[str, dict[str, float]] = {label: {} for label in models}
     for metric, batch in (("latency_ms", 1), ("infer_img_s", cfg.infer_batch)):
         x = _inputs(batch, cfg)
@@ -149,7 +153,7 @@ def _bench_inference(models: dict[str, nn.Module], cfg: BenchConfig) -> dict[str
                 with torch.inference_mode(), _autocast(cfg):
                     return model(x)
             return call
-        times = time_rounds({label: forward(model.eval()) for label, model in models.items()}, cfg)
+        times = time_rounds({label: forward(model) for label, model in models.items()}, cfg)
         for label, speedup in speedups(times, next(iter(models))).items():
             seconds = statistics.median(times[label])
             out[label] |= {metric: seconds * 1e3 if batch == 1 else batch / seconds, f"{metric}_speedup": speedup}

@@ -1,10 +1,22 @@
-"""Inference export: bake weight standardization into plain convolutions.
+"""The explicit inference step: fold what is constant at inference into plain convolutions.
 
-``fuse(model)`` returns a copy of ``model`` in which every weight-standardized conv of the zoo
-(:class:`~nfzoo.layers.ScaledStdConv2d`, :class:`~nfzoo.layers.WSConv2d` and its 1d/3d siblings)
-is a plain ``nn.Conv1d/2d/3d`` holding the standardized weight. The result runs without any
-weight arithmetic, exports to ONNX and TorchScript, and compiles with ``torch.compile`` in one
-graph. It is for inference: training it would train the standardized weights directly.
+A zoo model computes what its paper defines on every call, in training and in eval: each
+weight-standardized conv standardizes its weight, each activation multiplies by its gamma.
+``fuse(model)``, like timm's ``reparameterize_model``, returns a copy that computes the same
+function (to float round-off) with less work:
+
+* every weight-standardized conv of the zoo (:class:`~nfzoo.layers.ScaledStdConv2d`,
+  :class:`~nfzoo.layers.WSConv2d` and its 1d/3d siblings) becomes a plain ``nn.Conv1d/2d/3d``
+  holding the standardized weight, in the memory format of the original weight;
+* each NFNet / NF-ResNet block becomes a :class:`~nfzoo.models.nfnet.FusedNFBlock`, with the
+  activations' gammas, the block's beta, alpha, the skip gain and the squeeze-excite's factor 2
+  folded into its convs and its residual add;
+* in a stem (an ``nn.Sequential``), a gamma-scaled activation followed by a conv hands its gamma
+  to the conv's weight.
+
+The result runs without weight arithmetic, exports to ONNX and TorchScript, and compiles with
+``torch.compile`` in one graph. It is for inference: training it would train the folded
+weights directly, without stochastic depth.
 
 TensorFlow-style SAME padding of a strided conv depends on the input size. Given
 ``input_size``, ``fuse`` resolves it once for that size: a symmetric padding becomes the conv's
@@ -22,7 +34,9 @@ import torch.nn.functional as F
 from timm.layers import Conv2dSame
 from timm.layers.padding import get_same_padding
 
+from .layers.activations import GammaAct
 from .layers.std_conv import is_weight_standardized
+from .models.nfnet import FusedNFBlock, NFBlock
 
 __all__ = ["fuse", "PaddedConv2d"]
 
@@ -68,11 +82,23 @@ def _plain_conv(conv: nn.Module, in_hw: Sequence[int] | None) -> nn.Module:
                 base = PaddedConv2d
                 kwargs.update(padding=0, pad=(left, right, top, bottom))
     plain = base(**kwargs)
+    if conv.weight.dim() == 4 and conv.weight.is_contiguous(memory_format=torch.channels_last):
+        plain = plain.to(memory_format=torch.channels_last)  # as model.to(memory_format=...) left it
     with torch.no_grad():
         plain.weight.copy_(conv.standardized_weight())
         if conv.bias is not None:
             plain.bias.copy_(conv.bias)
     return plain.train(conv.training)
+
+
+def _fold_gammas(seq: nn.Sequential) -> None:
+    """In ``seq``, hand each gamma-scaled activation's gamma to the plain conv after it."""
+    layers = list(seq.named_children())
+    for (name, layer), (_, after) in zip(layers, layers[1:]):
+        if isinstance(layer, GammaAct) and isinstance(after, nn.Conv2d) and not is_weight_standardized(after):
+            with torch.no_grad():
+                after.weight.mul_(layer.gamma)
+            setattr(seq, name, layer.act)
 
 
 def _input_sizes(model: nn.Module, input_size: Sequence[int]) -> dict[str, tuple[int, ...]]:
@@ -115,4 +141,10 @@ def fuse(model: nn.Module, input_size: Sequence[int] | None = None, inplace: boo
             if is_weight_standardized(child):
                 path = f"{name}.{child_name}" if name else child_name
                 setattr(module, child_name, _plain_conv(child, in_sizes.get(path)))
+    for module in list(model.modules()):
+        for child_name, child in list(module.named_children()):
+            if isinstance(child, NFBlock):
+                setattr(module, child_name, FusedNFBlock(child).train(child.training))
+        if isinstance(module, nn.Sequential):
+            _fold_gammas(module)
     return model

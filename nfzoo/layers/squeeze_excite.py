@@ -20,16 +20,13 @@ class SqueezeExcite(nn.Module):
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        # the 1x1 convs of a pooled (N, C, 1, 1) map, run as the matrix products they are
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """The gate's pre-sigmoid values, (N, C, 1, 1): the 1x1 convs of the pooled map, run as the
+        matrix products they are."""
         h = torch.relu(F.linear(x.mean((2, 3)), self.fc1.weight.flatten(1), self.fc1.bias))
         return F.linear(h, self.fc2.weight.flatten(1), self.fc2.bias)[:, :, None, None]
-
-    def gate(self, x: torch.Tensor) -> torch.Tensor:
-        """The per-channel multiplier ``2 * sigmoid(...)``, shaped (N, C, 1, 1)."""
-        return 2.0 * torch.sigmoid(self._logits(x))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # the 2 applied last, in place: autograd then keeps only the sigmoid's output, which its
         # own backward needs anyway, instead of a second (N, C, 1, 1) tensor per block
-        return (x * torch.sigmoid(self._logits(x))).mul_(2.0)
+        return (x * torch.sigmoid(self.logits(x))).mul_(2.0)

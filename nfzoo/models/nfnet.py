@@ -41,7 +41,7 @@ from ._builder import build_zoo_model
 from ._checkpoint import checkpoint_filter_fn
 from ._registry import register_zoo_model
 
-__all__ = ["NFNet", "NFNetCfg", "NFBlock", "expected_std_betas"]
+__all__ = ["NFNet", "NFNetCfg", "NFBlock", "FusedNFBlock", "expected_std_betas"]
 
 # DeepMind's GELU is jax.nn.gelu (tanh approximation); timm uses the exact (erf) GELU.
 _GELU_FOR_NUMERICS = {"deepmind": "gelu_tanh", "timm": "gelu"}
@@ -150,6 +150,47 @@ class NFBlock(nn.Module):
         # shortcut + alpha * gain * out, in out's dtype: under autocast, addcmul runs in its widest
         # input's dtype, and a float32 gain would turn the whole residual stream to float32
         return torch.addcmul(shortcut, out, (self.skipinit_gain * self.alpha).to(out.dtype))
+
+
+class FusedNFBlock(nn.Module):
+    """An :class:`NFBlock` for inference, made by :func:`nfzoo.fuse`: the same function of ``x``
+    with every constant factor folded into the convs, in fewer passes over the activations.
+
+    ``conv(gamma * g(x)) == conv_with(gamma * W)(g(x))``, so each activation's gamma (and the
+    block's beta) moves into the weight of the conv that reads it (the average pool of the
+    projection shortcut is linear, so the factor passes through it); alpha, the skip gain and
+    the squeeze-excite's 2 become one per-channel scale of the residual branch, applied by the
+    residual add itself. Stochastic depth is the identity at inference and is dropped.
+    """
+
+    def __init__(self, block: NFBlock):
+        super().__init__()
+        if not all(isinstance(c, nn.Conv2d) and not hasattr(c, "gain")
+                   for c in (block.conv1, block.conv2, block.conv3)):
+            raise TypeError("FusedNFBlock takes a block whose convs are already plain (nfzoo.fuse makes them)")
+        gamma = block.act.gamma
+        self.act = block.act.act
+        self.downsample, self.conv1, self.conv2 = block.downsample, block.conv1, block.conv2
+        self.conv2b, self.conv3, self.attn_last = block.conv2b, block.conv3, block.attn_last
+        with torch.no_grad():
+            for conv, scale in ((self.conv1, gamma * block.beta), (self.conv2, gamma), (self.conv2b, gamma),
+                                (self.conv3, gamma), (getattr(self.downsample, "conv", None), gamma * block.beta)):
+                if conv is not None:
+                    conv.weight.mul_(scale)
+            residual_scale = block.skipinit_gain.detach() * block.alpha * (2.0 if self.attn_last is not None else 1.0)
+        self.register_buffer("residual_scale", residual_scale.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(x)
+        shortcut = x if self.downsample is None else self.downsample(out)
+        out = self.conv2(self.act(self.conv1(out)))
+        if self.conv2b is not None:
+            out = self.conv2b(self.act(out))
+        out = self.conv3(self.act(out))
+        scale = self.residual_scale
+        if self.attn_last is not None:
+            scale = torch.sigmoid(self.attn_last.logits(out)) * scale
+        return torch.addcmul(shortcut, out, scale.to(out.dtype))
 
 
 def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: type[nn.Module]

@@ -1,0 +1,189 @@
+"""The explicit inference step nfzoo.fuse, and the one forward of the weight-standardized convs."""
+import pytest
+import torch
+import torch.nn as nn
+from _nf_reference import nfnet_logits, nf_resnet_logits
+
+import nfzoo
+from nfzoo.fuse import PaddedConv2d
+from nfzoo.layers import GammaAct, ScaledStdConv2d, WSConv1d, WSConv2d, WSConv3d
+from nfzoo.layers.std_conv import is_weight_standardized
+from nfzoo.models.nfnet import FusedNFBlock
+
+
+class TinyWS(nn.Module):
+    """Every kind of WS conv the zoo has in a 2D net: dynamic and static SAME, grouped, Qiao WS."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = ScaledStdConv2d(3, 8, 3, stride=2, padding="same")
+        self.conv = ScaledStdConv2d(8, 16, 3, padding="same", numerics="timm")
+        self.grouped = ScaledStdConv2d(16, 16, 3, stride=2, padding="same", groups=4)
+        self.ws = WSConv2d(16, 16, 1, eps_in="var")
+        self.fc = nn.Linear(16, 5)
+        with torch.no_grad():
+            for name, p in self.named_parameters():
+                p.add_(torch.randn_like(p) * 0.3)  # gains and biases away from their init
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.conv(x))
+        x = self.ws(torch.relu(self.grouped(x)))
+        return self.fc(x.mean((2, 3)))
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return TinyWS().eval()
+
+
+def reference(model, x):
+    with torch.no_grad():
+        return model(x)
+
+
+@pytest.mark.parametrize("hw", [(16, 16), (17, 15)])
+def test_fuse_matches(model, hw):
+    x = torch.randn(2, 3, *hw)
+    expected = reference(model, x)
+    for fused in (nfzoo.fuse(model), nfzoo.fuse(model, input_size=(3, *hw))):
+        assert not any(is_weight_standardized(m) for m in fused.modules())
+        with torch.no_grad():
+            torch.testing.assert_close(fused(x), expected, rtol=0, atol=1e-5)
+    assert any(is_weight_standardized(m) for m in model.modules())  # the original is untouched
+
+
+def test_fuse_resolves_same_padding_statically(model):
+    even = nfzoo.fuse(model, input_size=(3, 16, 16))
+    assert type(even.stem) is PaddedConv2d and even.stem.pad == (0, 1, 0, 1)
+    assert type(even.conv) is nn.Conv2d and even.conv.padding == (1, 1)  # stride 1: always static
+    odd = nfzoo.fuse(model, input_size=(3, 17, 17))
+    assert type(odd.stem) is nn.Conv2d and odd.stem.padding == (1, 1)
+
+
+@pytest.mark.parametrize("conv,shape", [(WSConv1d(4, 6, 3, padding=1), (2, 4, 9)),
+                                        (WSConv3d(4, 6, 3, padding=1, bias=False), (1, 4, 5, 6, 7))])
+def test_fuse_1d_3d(conv, shape):
+    x = torch.randn(shape)
+    fused = nfzoo.fuse(nn.Sequential(conv))[0]
+    assert type(fused) in (nn.Conv1d, nn.Conv3d)
+    with torch.no_grad():
+        torch.testing.assert_close(fused(x), conv(x), rtol=0, atol=1e-5)
+
+
+def test_fused_torchscript(model):
+    x = torch.randn(2, 3, 16, 16)
+    expected = reference(model, x)
+    for fused in (nfzoo.fuse(model), nfzoo.fuse(model, input_size=(3, 16, 16))):
+        scripted = torch.jit.script(fused)
+        with torch.no_grad():
+            torch.testing.assert_close(scripted(x), expected, rtol=0, atol=1e-5)
+
+
+def test_compile_without_graph_breaks(model):
+    x = torch.randn(2, 3, 16, 16)
+    expected = reference(model, x)
+    with torch.no_grad():
+        for m in (model, nfzoo.fuse(model), nfzoo.fuse(model, input_size=(3, 16, 16))):
+            torch._dynamo.reset()
+            assert torch._dynamo.explain(m)(x).graph_break_count == 0
+            out = torch.compile(m, fullgraph=True, backend="aot_eager")(x)
+            torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
+
+
+def test_onnx_export_matches(model, tmp_path):
+    ort = pytest.importorskip("onnxruntime")
+    x = torch.randn(2, 3, 16, 16)
+    expected = reference(model, x)
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(nfzoo.fuse(model, input_size=(3, 16, 16)), (x,), str(path), dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), expected, rtol=0, atol=1e-5)
+
+
+def reference_scaled_ws(w, gain, numerics, eps):
+    """Scaled WS as the NF-ResNet paper writes it (population variance over the fan-in), in plain ops."""
+    flat = w.flatten(1)
+    var, mean = torch.var_mean(flat, 1, correction=0, keepdim=True)
+    n = flat.shape[1]
+    scale = torch.rsqrt(torch.clamp(var * n, min=eps)) if numerics == "deepmind" else torch.rsqrt(var + eps) * n**-0.5
+    return ((flat - mean) * scale * gain.view(-1, 1)).view_as(w)
+
+
+@pytest.mark.parametrize("numerics", ["deepmind", "timm"])
+def test_scaled_ws_gradients_match_the_equations(numerics):
+    """Gradients through the conv's standardization equal those through the paper's formula,
+    including a filter whose variance DeepMind's rule clamps (its scale is then a constant)."""
+    conv = ScaledStdConv2d(3, 6, 3, numerics=numerics).double()
+    with torch.no_grad():
+        conv.weight[2] = 0.7 + 1e-4 * torch.randn(3, 3, 3, dtype=torch.float64)
+        conv.gain.copy_(torch.randn_like(conv.gain))
+    w, gain = conv.weight, conv.gain
+    # gradcheck perturbs w and gain in place, i.e. the conv's own parameters
+    assert torch.autograd.gradcheck(lambda *_: conv.standardized_weight(), (w, gain))
+    upstream = torch.randn_like(w)
+    ours = torch.autograd.grad((conv.standardized_weight() * upstream).sum(), (w, gain))
+    ref = torch.autograd.grad((reference_scaled_ws(w, gain, numerics, conv.eps) * upstream).sum(), (w, gain))
+    for a, b in zip(ours, ref):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
+
+
+@torch.no_grad()
+def shift_parameters(model, suffixes, noise):
+    """Move the parameters named ``*suffix`` away from their init by ``0.5 * noise(p)``."""
+    for name, p in model.named_parameters():
+        if name.endswith(suffixes):
+            p.add_(noise(p) * 0.5)
+
+
+@pytest.mark.parametrize("variant, kwargs, reference_logits", [
+    # NFNet blocks: transition shortcut, extra conv, squeeze-excite, deep stem with gammas
+    ("nfnet_f0", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16, group_width=16), nfnet_logits),
+    # NF-ResNet blocks: ReLU, no SE, no extra conv, strided-conv shortcut, 7x7 stem
+    ("nf_resnet152", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16), nf_resnet_logits),
+])
+def test_fused_nf_models_equal_deepminds_equations(variant, kwargs, reference_logits):
+    """The fused network (gammas, beta, alpha, skip gains and the SE's 2 folded into convs and the
+    residual add) gives the logits of an independent functional forward of DeepMind's equations."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model(variant, num_classes=10, drop_path_rate=0.2, **kwargs).double().eval()
+    shift_parameters(model, ("gain", "bias"), torch.randn_like)
+    x = torch.randn(2, 3, 64, 48, dtype=torch.float64)
+    expected = reference_logits(x, {k: v.detach() for k, v in model.state_dict().items()}, kwargs["depths"])
+    for fused in (nfzoo.fuse(model), nfzoo.fuse(model, input_size=(3, 64, 48))):
+        assert sum(isinstance(m, FusedNFBlock) for m in fused.modules()) == sum(kwargs["depths"])
+        assert not any(isinstance(m, GammaAct) for m in fused.stem)  # stem gammas handed to the convs
+        torch.testing.assert_close(reference(fused, x), expected, rtol=1e-9, atol=1e-9)
+    torch.testing.assert_close(reference(model, x), expected, rtol=1e-9, atol=1e-9)  # the model is untouched
+
+
+def test_fused_memory_format_follows_the_model():
+    """A channels_last model fuses into channels_last convs (else every conv converts layouts)."""
+    import timm
+
+    model = timm.create_model("nfnet_f0", num_classes=10, depths=(1, 1, 1, 1), widths=(32, 64, 64, 64),
+                              stem_width=16, group_width=16).eval()
+    for fmt in (torch.channels_last, torch.contiguous_format):
+        fused = nfzoo.fuse(model.to(memory_format=fmt))
+        convs = [m for m in fused.modules() if isinstance(m, nn.Conv2d) and m.kernel_size != (1, 1)]
+        assert convs and all(c.weight.is_contiguous(memory_format=fmt) for c in convs)
+
+
+@pytest.mark.parametrize("name", ["nfnet_f0", "resnet50_bcn_ws"])
+def test_fused_features_and_torchscript(name):
+    import timm
+
+    kwargs = dict(depths=(1, 1, 1, 1), widths=(32, 64, 64, 64), stem_width=16, group_width=16) if "nfnet" in name else {}
+    torch.manual_seed(0)
+    features = timm.create_model(name, features_only=True, **kwargs).eval()
+    shift_parameters(features, ("gain", "bias"), torch.randn_like)
+    x = torch.randn(1, 3, 64, 64)
+    fused = nfzoo.fuse(features)
+    for a, b in zip(reference(fused, x), reference(features, x)):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+    model = timm.create_model(name, num_classes=5, **kwargs).eval()
+    torch.testing.assert_close(torch.jit.script(nfzoo.fuse(model))(x), reference(model, x), rtol=1e-4, atol=1e-5)
