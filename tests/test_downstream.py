@@ -13,7 +13,7 @@ import nfzoo  # noqa: F401  (registers the zoo models)
 from nfzoo.downstream import (
     FeatureBackbone, deeplabv3, faster_rcnn, feature_backbone, mask_rcnn, use_estimated_batch_stats)
 from nfzoo.downstream.finetune import finetune
-from nfzoo.downstream.optim import create_optimizer, param_groups
+from nfzoo.downstream.finetune_optimizer import create_optimizer, param_groups
 from nfzoo.downstream.shapes import CLASSES, ShapesDataset, collate
 from nfzoo.layers import BatchChannelNorm2d, EstimatedBatchNorm2d, ScaledStdConv2d, WSConv2d
 from nfzoo.optim import AGC

@@ -12,7 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import nfzoo
 from _nf_reference import nfnet_logits
-from nfzoo.models._checkpoint import checkpoint_filter_fn
+from nfzoo.models._checkpoint_filter import checkpoint_filter_fn
 from nfzoo.weights.loading import fitting_filter
 from nfzoo.models.nfnet import NFNet, NFNetCfg
 

@@ -38,7 +38,7 @@ from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
 from ..layers.std_conv import StdNumerics, inference_cache_active, is_weight_standardized
 from ..weights import pretrained_cfg
 from ._builder import build_zoo_model
-from ._checkpoint import checkpoint_filter_fn
+from ._checkpoint_filter import checkpoint_filter_fn
 from ._registry import register_zoo_model
 
 __all__ = ["NFNet", "NFNetCfg", "NFBlock", "expected_std_betas"]

@@ -27,7 +27,7 @@ from timm.models import generate_default_cfgs
 from timm.models.resnet import Bottleneck, ResNet
 
 from ..layers.bcn import BatchChannelNorm2d
-from ..layers.norm import NormChoice, get_norm
+from ..layers.norm_choices import NormChoice, get_norm
 from ..weights import manifest, pretrained_cfg
 from ._builder import build_zoo_model
 from ._registry import register_zoo_model

@@ -17,13 +17,13 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..layers.norms import clamp_gates_
+from ..layers.ablation_norms import clamp_gates_
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import TrainConfig
 from .data import ResumableBatchSampler
 from .distributed import Dist, init_distributed
-from .metrics import MetricsLog
-from .optim import agc_parameters, build_optimizer, build_scheduler, clip_gradients
+from .metrics_log import MetricsLog
+from .optimizer import agc_parameters, build_optimizer, build_scheduler, clip_gradients
 
 __all__ = ["Trainer", "CHECKPOINT_NAME"]
 

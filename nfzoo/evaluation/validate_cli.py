@@ -17,14 +17,14 @@ import torch
 
 import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 
-from . import distributed
-from .errors import EvaluationError
+from . import sharding
+from .input_error import EvaluationError
 from .labels import RealLabels
 from .loop import AMP_DTYPES, EvalOptions, EvalResult, evaluate
-from .models import count_macs, count_params, create_model, expand_model_names, expected_accuracy, prepare_model
+from .model_setup import count_macs, count_params, create_model, expand_model_names, expected_accuracy, prepare_model
 from .plot import plot_accuracy_vs_throughput
 from .preprocess import eval_data_config
-from .report import DEFAULT_TOLERANCE, FIELDS, check_row, check_suffix, format_table, write_results
+from .results import DEFAULT_TOLERANCE, FIELDS, check_row, check_suffix, format_table, write_results
 from .sources import open_source
 from .synthetic import make_image_folder
 
@@ -111,7 +111,7 @@ def _preflight(args: argparse.Namespace, names: list[str]) -> None:
 
 
 def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[str, Any], result: EvalResult,
-         options: EvalOptions, params: int, macs: int, runtime: distributed.Runtime, data: str) -> dict[str, Any]:
+         options: EvalOptions, params: int, macs: int, runtime: sharding.Runtime, data: str) -> dict[str, Any]:
     pcfg = getattr(model, "pretrained_cfg", {}) or {}
     weights = _weights(args)
     entry = expected_accuracy(name) if weights != "random" else None
@@ -139,10 +139,10 @@ def run(args: argparse.Namespace) -> int:
     """Validate every model; returns the exit status (1 when a --check misses)."""
     names = expand_model_names(args.model)
     _preflight(args, names)
-    runtime = distributed.start(args.device)
+    runtime = sharding.start(args.device)
     say = print if runtime.is_main else (lambda *a, **k: None)
     with ExitStack() as cleanup:
-        cleanup.callback(distributed.stop, runtime)
+        cleanup.callback(sharding.stop, runtime)
         if args.data_dir is None:
             root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="nfzoo-demo-")))
             source = open_source(make_image_folder(root, args.demo_images, seed=args.seed))

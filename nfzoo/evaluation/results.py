@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import EvaluationError
+from .input_error import EvaluationError
 
 __all__ = ["FIELDS", "DEFAULT_TOLERANCE", "check_row", "atomic_path", "write_results", "read_results", "format_table"]
 
