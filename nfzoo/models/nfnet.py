@@ -36,6 +36,7 @@ from timm.models._features import feature_take_indices
 
 from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
 from ..layers.std_conv import StdNumerics, inference_cache_active, is_weight_standardized
+from ..optim.param_groups import no_weight_decay_names
 from ..weights import pretrained_cfg
 from ._builder import build_zoo_model
 from ._checkpoint_filter import checkpoint_filter_fn
@@ -306,7 +307,7 @@ class NFNet(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Gains and biases: DeepMind applies weight decay to the conv and linear weights only."""
-        return {n for n, _ in self.named_parameters() if n.endswith(("gain", "bias"))}
+        return no_weight_decay_names(self)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

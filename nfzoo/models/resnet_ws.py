@@ -26,8 +26,8 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 from timm.models.resnet import Bottleneck, ResNet
 
-from ..layers.bcn import BatchChannelNorm2d
 from ..layers.norm_choices import NormChoice, get_norm
+from ..optim.param_groups import no_weight_decay_names
 from ..weights import manifest, pretrained_cfg
 from ._builder import build_zoo_model
 from ._registry import register_zoo_model
@@ -121,8 +121,9 @@ class ResNetWS(ResNet):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """BCN's per-group weights: 3-D, so timm's no-decay rule for 1-D norm params misses them."""
-        return {f"{name}.weight" for name, m in self.named_modules() if isinstance(m, BatchChannelNorm2d)}
+        """Every parameter but the conv and linear weights (BCN's per-group weights are 3-D, so
+        timm's own rule for 1-D parameters would miss them)."""
+        return no_weight_decay_names(self)
 
 
 # ---------------------------------------------------------------- checkpoints

@@ -3,23 +3,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from timm.optim import param_groups_weight_decay
 from timm.scheduler import CosineLRScheduler
 
-from ..optim import adaptive_grad_clip_, classifier_parameters
+from ..optim import adaptive_grad_clip_
+from ..optim.param_groups import weight_decay_groups
 from .config import TrainConfig
 
-__all__ = ["NO_DECAY_PATTERNS", "build_optimizer", "build_scheduler", "agc_parameters", "clip_gradients"]
-
-# Besides biases and every other 0-d/1-d parameter (timm's rule): the scaled-WS gains, which
-# are (out, 1, 1, 1) tensors, and the SkipInit gains.
-NO_DECAY_PATTERNS = ("*.gain", "*_gain")
+__all__ = ["build_optimizer", "build_scheduler", "clip_gradients"]
 
 
 def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1) -> torch.optim.SGD:
-    """SGD with Nesterov momentum; no weight decay on gains, biases and other vectors."""
-    extra = tuple(getattr(model, "no_weight_decay", lambda: ())())
-    groups = param_groups_weight_decay(model, cfg.weight_decay, no_weight_decay_list=NO_DECAY_PATTERNS + extra)
+    """SGD with Nesterov momentum; weight decay on conv and linear weights only
+    (:mod:`nfzoo.optim.param_groups`)."""
+    groups = weight_decay_groups(model, cfg.weight_decay)
     return torch.optim.SGD(groups, lr=cfg.learning_rate(world_size), momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
@@ -34,21 +30,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_pe
         warmup_prefix=False,
         t_in_epochs=False,
     )
-
-
-def agc_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """Every parameter AGC clips: all but the final classifier's, as in the NFNet paper. The
-    classifier is the one timm's ``pretrained_cfg`` names, else ``get_classifier()``, else the
-    last ``nn.Linear``."""
-    if (getattr(model, "pretrained_cfg", None) or {}).get("classifier"):
-        head = classifier_parameters(model)
-    elif isinstance(getattr(model, "get_classifier", None) and model.get_classifier(), nn.Module):
-        head = list(model.get_classifier().parameters())
-    else:
-        linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-        head = list(linears[-1].parameters()) if linears else []
-    skip = {id(p) for p in head}
-    return [p for p in model.parameters() if p.requires_grad and id(p) not in skip]
 
 
 def clip_gradients(parameters: list[nn.Parameter], clip: float | None) -> None:

@@ -18,12 +18,13 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from ..layers.ablation_norms import clamp_gates_
+from ..optim.param_groups import agc_parameters
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import TrainConfig
 from .data import ResumableBatchSampler
 from .distributed import Dist, init_distributed
 from .metrics_log import MetricsLog
-from .optimizer import agc_parameters, build_optimizer, build_scheduler, clip_gradients
+from .optimizer import build_optimizer, build_scheduler, clip_gradients
 
 __all__ = ["Trainer", "CHECKPOINT_NAME"]
 
@@ -60,6 +61,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=cfg.amp == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.agc_params = agc_parameters(self.model)
+        self.agc_clip = cfg.agc_threshold(self.env.world_size)
         self.out = Path(cfg.output_dir)
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -89,7 +91,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             total += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
-        clip_gradients(self.agc_params, self.cfg.agc_clip)
+        clip_gradients(self.agc_params, self.agc_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         clamp_gates_(self.model)
