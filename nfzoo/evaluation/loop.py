@@ -13,7 +13,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .sharding import Runtime, gather_lists, max_over_processes, shard, sum_over_processes
+from ..torchrun import Runtime
+from .sharding import gather_lists, max_over_processes, shard, sum_over_processes
 from .input_error import EvaluationError
 from .labels import RealLabels
 from .accuracy import TOPK, percent, topk_correct

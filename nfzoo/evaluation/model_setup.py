@@ -12,7 +12,7 @@ from timm.models import get_pretrained_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..weights.manifest import Checkpoint, manifest
-from .sharding import Runtime
+from ..torchrun import Runtime
 from .input_error import EvaluationError
 
 __all__ = ["expand_model_names", "expected_accuracy", "create_model", "prepare_model",

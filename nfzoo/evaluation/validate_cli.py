@@ -17,7 +17,7 @@ import torch
 
 import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 
-from . import sharding
+from .. import torchrun
 from .input_error import EvaluationError
 from .labels import RealLabels
 from .loop import AMP_DTYPES, EvalOptions, EvalResult, evaluate
@@ -111,7 +111,7 @@ def _preflight(args: argparse.Namespace, names: list[str]) -> None:
 
 
 def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[str, Any], result: EvalResult,
-         options: EvalOptions, params: int, macs: int, runtime: sharding.Runtime, data: str) -> dict[str, Any]:
+         options: EvalOptions, params: int, macs: int, runtime: torchrun.Runtime, data: str) -> dict[str, Any]:
     pcfg = getattr(model, "pretrained_cfg", {}) or {}
     weights = _weights(args)
     entry = expected_accuracy(name) if weights != "random" else None
@@ -139,10 +139,10 @@ def run(args: argparse.Namespace) -> int:
     """Validate every model; returns the exit status (1 when a --check misses)."""
     names = expand_model_names(args.model)
     _preflight(args, names)
-    runtime = sharding.start(args.device)
+    runtime = torchrun.start(args.device)
     say = print if runtime.is_main else (lambda *a, **k: None)
     with ExitStack() as cleanup:
-        cleanup.callback(sharding.stop, runtime)
+        cleanup.callback(torchrun.stop, runtime)
         if args.data_dir is None:
             root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="nfzoo-demo-")))
             source = open_source(make_image_folder(root, args.demo_images, seed=args.seed))

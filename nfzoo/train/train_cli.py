@@ -21,9 +21,9 @@ from torchvision.datasets import ImageFolder
 
 import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 
+from .. import torchrun
 from .config import TrainConfig
 from .data import FASHION_MNIST_CLASSES, fashion_mnist
-from .distributed import init_distributed
 from .trainer import Trainer
 
 __all__ = ["main", "build_parser"]
@@ -93,7 +93,7 @@ def _datasets(args: argparse.Namespace, model_name: str, kwargs: dict) -> tuple[
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    env = init_distributed()
+    env = torchrun.start()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     model, train_set, eval_set = _datasets(args, args.model, _model_kwargs(args))
     result = Trainer(model, train_set, cfg, eval_set, env=env).fit()

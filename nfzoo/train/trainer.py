@@ -17,12 +17,12 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from .. import torchrun
 from ..layers.ablation_norms import clamp_gates_
 from ..optim.param_groups import agc_parameters
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import TrainConfig
 from .data import ResumableBatchSampler
-from .distributed import Dist, init_distributed
 from .metrics_log import MetricsLog
 from .optimizer import build_optimizer, build_scheduler, clip_gradients
 
@@ -48,9 +48,9 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, train_set: Dataset, cfg: TrainConfig, eval_set: Dataset | None = None,
-                 env: Dist | None = None, on_step: Callable[["Trainer"], None] | None = None):
+                 env: torchrun.Runtime | None = None, on_step: Callable[["Trainer"], None] | None = None):
         self.cfg = cfg
-        self.env = env or init_distributed()
+        self.env = env or torchrun.start()
         self.train_set, self.eval_set, self.on_step = train_set, eval_set, on_step
         self.model = model.to(self.env.device)
         self.net = DistributedDataParallel(self.model) if self.env.enabled else self.model
