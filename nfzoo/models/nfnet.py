@@ -29,14 +29,13 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import AvgPool2dSame, ClassifierHead, create_pool2d
-from timm.layers._fx import register_notrace_function
+from timm.layers import AvgPool2dSame, ClassifierHead, create_pool2d, register_notrace_function
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
 from ..layers.std_conv import StdNumerics, inference_cache_active, is_weight_standardized
 from ..optim.param_groups import no_weight_decay_names
+from ..timm_private import feature_take_indices
 from ..weights import pretrained_cfg
 from ._builder import build_zoo_model
 from ._checkpoint_filter import checkpoint_filter_fn
