@@ -25,7 +25,7 @@ from huggingface_hub.errors import EntryNotFoundError
 from timm.models import resolve_pretrained_cfg
 
 from ..timm_private import hf_split, pretrained_source
-from .checkpoints import check_fits
+from .state_dict_fit import check_fits
 from .errors import CheckpointError
 from .files import atomic_path, check_readable, check_sha256
 from .manifest import Checkpoint, manifest
