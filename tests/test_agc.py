@@ -11,7 +11,8 @@ from nfzoo.optim import AGC, adaptive_grad_clip_
 
 
 def reference_clip(weight: torch.Tensor, grad: torch.Tensor, clip: float, eps: float) -> torch.Tensor:
-    """REFERENCE.md §1, one unit at a time. DeepMind's unitwise_norm squeezes the array first:
+    """The NFNet paper's AGC (arXiv 2102.06171), one unit at a time. DeepMind's unitwise_norm
+    (nfnets/agc_optax.py) squeezes the array first:
     a scalar or vector (after squeezing) is one unit; otherwise a unit is an output channel."""
     squeezed = [s for s in weight.shape if s != 1]
     units = [(...,)] if len(squeezed) <= 1 else [(i,) for i in range(weight.shape[0])]

@@ -188,7 +188,8 @@ def test_onnx_export_matches(model, tmp_path):
 
 
 def reference_scaled_ws(w, gain, numerics, eps):
-    """REFERENCE.md §1 in plain autograd ops (population variance over the fan-in)."""
+    """Scaled WS as DeepMind's WSConv2D (nfnets/base.py) in plain autograd ops (population
+    variance over the fan-in)."""
     flat = w.flatten(1)
     var, mean = torch.var_mean(flat, 1, correction=0, keepdim=True)
     n = flat.shape[1]

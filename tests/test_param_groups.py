@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from nfzoo.downstream.finetune_optimizer import create_optimizer, param_groups
 from nfzoo.layers import SqueezeExcite
-from nfzoo.optim import AGC, REFERENCE_BATCH, REFERENCE_CLIP, clip_for_batch
+from nfzoo.optim import AGC, DEEPMIND_BATCH, DEEPMIND_CLIP, clip_for_batch
 from nfzoo.optim.param_groups import agc_parameters
 from nfzoo.train import TrainConfig
 from nfzoo.train.optimizer import build_optimizer
@@ -99,10 +99,10 @@ def test_removed_classifier_leaves_nothing_exempt():
 
 
 def test_clip_threshold_follows_the_global_batch():
-    assert clip_for_batch(REFERENCE_BATCH) == REFERENCE_CLIP == 0.01  # experiment_nfnets.py
+    assert clip_for_batch(DEEPMIND_BATCH) == DEEPMIND_CLIP == 0.01  # experiment_nfnets.py
     assert clip_for_batch(256) == 0.01
     with pytest.raises(ValueError, match="agc-clip"):
-        clip_for_batch(2 * REFERENCE_BATCH)
+        clip_for_batch(2 * DEEPMIND_BATCH)
     cfg = TrainConfig(batch_size=256)
     assert cfg.agc_clip == "batch" and cfg.agc_threshold(world_size=16) == 0.01
     with pytest.raises(ValueError, match="8192"):

@@ -1,9 +1,9 @@
 """The optimization rules of the NFNet recipe: adaptive gradient clipping (AGC) and which
 parameters get weight decay and clipping (:mod:`nfzoo.optim.param_groups`)."""
-from .agc import AGC, REFERENCE_BATCH, REFERENCE_CLIP, adaptive_grad_clip_, clip_for_batch
+from .agc import AGC, DEEPMIND_BATCH, DEEPMIND_CLIP, adaptive_grad_clip_, clip_for_batch
 from .param_groups import agc_exempt_names, agc_parameters, no_weight_decay_names, weight_decay_groups
 
 __all__ = [
-    "AGC", "adaptive_grad_clip_", "clip_for_batch", "REFERENCE_BATCH", "REFERENCE_CLIP",
+    "AGC", "adaptive_grad_clip_", "clip_for_batch", "DEEPMIND_BATCH", "DEEPMIND_CLIP",
     "agc_exempt_names", "agc_parameters", "no_weight_decay_names", "weight_decay_groups",
 ]

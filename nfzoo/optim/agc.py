@@ -31,7 +31,7 @@ from torch.optim import Optimizer
 
 from .param_groups import agc_exempt_names
 
-__all__ = ["AGC", "adaptive_grad_clip_", "clip_for_batch", "REFERENCE_BATCH", "REFERENCE_CLIP"]
+__all__ = ["AGC", "adaptive_grad_clip_", "clip_for_batch", "DEEPMIND_BATCH", "DEEPMIND_CLIP"]
 
 GRAD_NORM_FLOOR = 1e-6
 
@@ -39,8 +39,8 @@ GRAD_NORM_FLOOR = 1e-6
 # (nfnets/experiment_nfnets.py). The paper's AGC section (Brock et al. 2021, arXiv 2102.06171)
 # recommends 0.01 for batches of 1024 to 4096 and finds that larger batches need a smaller
 # threshold, without giving one; at smaller batches clipping matters less.
-REFERENCE_BATCH = 4096
-REFERENCE_CLIP = 0.01
+DEEPMIND_BATCH = 4096
+DEEPMIND_CLIP = 0.01
 
 
 def clip_for_batch(global_batch: int) -> float:
@@ -49,12 +49,12 @@ def clip_for_batch(global_batch: int) -> float:
     the threshold yourself."""
     if global_batch < 1:
         raise ValueError(f"the global batch must be positive, got {global_batch}")
-    if global_batch > REFERENCE_BATCH:
+    if global_batch > DEEPMIND_BATCH:
         raise ValueError(
             f"no published AGC threshold for a global batch of {global_batch}: the NFNet paper uses "
-            f"{REFERENCE_CLIP} up to {REFERENCE_BATCH} and finds that larger batches need a smaller one. "
-            f"Set it explicitly (e.g. --agc-clip 0.005), or use a global batch of at most {REFERENCE_BATCH}.")
-    return REFERENCE_CLIP
+            f"{DEEPMIND_CLIP} up to {DEEPMIND_BATCH} and finds that larger batches need a smaller one. "
+            f"Set it explicitly (e.g. --agc-clip 0.005), or use a global batch of at most {DEEPMIND_BATCH}.")
+    return DEEPMIND_CLIP
 
 
 def _is_unitwise(t: torch.Tensor) -> bool:
