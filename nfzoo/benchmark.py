@@ -24,7 +24,8 @@ from timm.utils.agc import adaptive_clip_grad
 from torch.utils.flop_counter import FlopCounterMode
 
 from .fuse import fuse
-from .optim import AGC, adaptive_grad_clip_, classifier_parameters
+from .optim import AGC, adaptive_grad_clip_
+from .optim.param_groups import agc_parameters
 
 __all__ = ["BenchConfig", "DENSE_BF16_TFLOPS", "build_models", "run", "main"]
 
@@ -161,7 +162,7 @@ def _bench_inference(models: dict[str, nn.Module], cfg: BenchConfig) -> dict[str
 
 
 def _train_step_fn(model: nn.Module, zoo: bool, cfg: BenchConfig) -> Callable[[], None]:
-    """One SGD step with AGC (clip 0.01, classifier excluded) the way each library does it."""
+    """One SGD step with AGC (clip 0.01, classifier weight excluded) the way each library does it."""
     sgd = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, nesterov=True)
     x = _inputs(cfg.train_batch, cfg)
     y = torch.randint(0, model.num_classes, (cfg.train_batch,), device=cfg.device)
@@ -169,8 +170,7 @@ def _train_step_fn(model: nn.Module, zoo: bool, cfg: BenchConfig) -> Callable[[]
         opt = AGC(sgd, model, clip=0.01)
         clip = lambda: None  # noqa: E731  (inside opt.step)
     else:
-        head = {id(p) for p in classifier_parameters(model)}
-        params = [p for p in model.parameters() if id(p) not in head]
+        params = agc_parameters(model)
         opt, clip = sgd, lambda: adaptive_clip_grad(params, 0.01)
 
     def step():
@@ -195,7 +195,7 @@ def _bench_training(models: dict[str, nn.Module], cfg: BenchConfig) -> dict[str,
 
 
 def _bench_agc(model: nn.Module, cfg: BenchConfig) -> dict[str, float]:
-    """AGC alone over the model's parameters (classifier excluded) on one backward's gradients.
+    """AGC alone over the model's parameters (classifier weight excluded) on one backward's gradients.
 
     Gradients are restored in place before every call, so neither side pays for allocating them.
     """
@@ -203,8 +203,7 @@ def _bench_agc(model: nn.Module, cfg: BenchConfig) -> dict[str, float]:
     x = _inputs(2, cfg)
     with _autocast(cfg):
         model(x).float().square().mean().backward()
-    head = {id(p) for p in classifier_parameters(model)}
-    params = [p for p in model.parameters() if id(p) not in head and p.grad is not None]
+    params = [p for p in agc_parameters(model) if p.grad is not None]
     saved = [p.grad.clone() for p in params]
 
     def restore():

@@ -1,5 +1,5 @@
 """An independent functional reference of DeepMind's NFNet and NF-ResNet equations (their
-haiku release, written from REFERENCE.md and the papers), evaluated from a state dict in timm's
+haiku release in google-deepmind/deepmind-research, nfnets/, and the papers), evaluated from a state dict in timm's
 ``dm_nfnet`` key layout. Used only by the tests."""
 from __future__ import annotations
 

@@ -1,7 +1,8 @@
 """Test helpers: DeepMind NFNet parameters in the release's Haiku layout, and a numpy forward
 pass computed directly from them (NHWC activations, HWIO convs, (in, out) linears).
 
-Written from DeepMind's definition (REFERENCE.md §1), independently of nfzoo's conversion.
+Written from DeepMind's definition (nfnets/nfnet.py and nfnets/base.py of
+google-deepmind/deepmind-research), independently of nfzoo's conversion.
 """
 from __future__ import annotations
 

@@ -7,11 +7,11 @@ import pytest
 import timm
 import torch
 
-import nfzoo.evaluation.cli as cli
+import nfzoo.evaluation.validate_cli as cli
 
 from eval_helpers import odd_items, write_planted_folder
-from nfzoo.evaluation.cli import main
-from nfzoo.evaluation.report import FIELDS
+from nfzoo.evaluation.validate_cli import main
+from nfzoo.evaluation.results import FIELDS
 from nfzoo.weights.manifest import Checkpoint
 
 FAST = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--no-progress"]

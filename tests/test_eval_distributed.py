@@ -8,7 +8,8 @@ import torch.multiprocessing as mp
 
 from eval_helpers import PlantedModel, odd_items, planted_expectation, write_planted_folder
 from nfzoo.evaluation import EvalOptions, eval_data_config, evaluate
-from nfzoo.evaluation.distributed import Runtime, shard, start, stop
+from nfzoo.evaluation.sharding import shard
+from nfzoo.torchrun import Runtime, start, stop
 from nfzoo.evaluation.sources import open_source
 
 OPTIONS = EvalOptions(batch_size=3, workers=0, progress=False)

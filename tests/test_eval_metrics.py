@@ -8,10 +8,10 @@ import torch
 
 from eval_helpers import PlantedModel, odd_items, planted_expectation, random_image, solid_image, write_planted_folder
 from nfzoo.evaluation import EvalOptions, eval_data_config, evaluate
-from nfzoo.evaluation.distributed import start
+from nfzoo.torchrun import start
 from nfzoo.evaluation.labels import RealLabels, val_file_name
-from nfzoo.evaluation.metrics import topk_correct
-from nfzoo.evaluation.report import check_row
+from nfzoo.evaluation.accuracy import topk_correct
+from nfzoo.evaluation.results import check_row
 from nfzoo.evaluation.sources import flat_val_folder, open_source
 
 OPTIONS = EvalOptions(batch_size=4, workers=0, progress=False)

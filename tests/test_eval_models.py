@@ -2,7 +2,7 @@
 import pytest
 
 from nfzoo.evaluation import EvaluationError
-from nfzoo.evaluation.models import expand_model_names, expected_accuracy
+from nfzoo.evaluation.model_setup import expand_model_names, expected_accuracy
 from nfzoo.weights.manifest import manifest
 
 

@@ -47,7 +47,7 @@ def test_dm_nfnet_f0_cfg_matches_timm_and_the_reference_pipeline(folder):
     model = CfgOnly(get_pretrained_cfg("dm_nfnet_f0").to_dict())
     ours, source = _harness_tensors(folder, model)
     timm_tf = timm.data.create_transform(**timm.data.resolve_model_data_config(model, use_test_size=True))
-    # REFERENCE.md: timm evaluates dm_nfnet_f0 at 256 px, squash crop, crop_pct 0.9, bicubic
+    # timm's pretrained cfg of dm_nfnet_f0: 256 px, squash crop, crop_pct 0.9, bicubic
     reference = T.Compose([T.Resize((math.floor(256 / 0.9),) * 2, InterpolationMode.BICUBIC), T.CenterCrop(256),
                            T.ToTensor(), T.Normalize(MEAN, STD)])
     for i, x in enumerate(ours):

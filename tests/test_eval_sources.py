@@ -8,7 +8,7 @@ import pytest
 
 from eval_helpers import PlantedModel, odd_items, planted_expectation, solid_image
 from nfzoo.evaluation import EvalOptions, EvaluationError, eval_data_config, evaluate
-from nfzoo.evaluation.distributed import start
+from nfzoo.torchrun import start
 from nfzoo.evaluation.labels import imagenet_synsets, read_ground_truth, val_file_name
 from nfzoo.evaluation.sources import ParquetSource, flat_val_folder, open_source
 

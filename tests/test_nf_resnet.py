@@ -7,7 +7,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 import nfzoo  # noqa: F401  (registers the models)
 from _nf_reference import nf_resnet_logits
-from nfzoo.models._checkpoint import checkpoint_filter_fn
+from nfzoo.models._checkpoint_filter import checkpoint_filter_fn
 from nfzoo.models.nf_resnet import nf_resnet_cfg
 from nfzoo.models.nfnet import NFNet
 

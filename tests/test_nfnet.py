@@ -12,11 +12,12 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import nfzoo
 from _nf_reference import nfnet_logits
-from nfzoo.models._checkpoint import checkpoint_filter_fn
+from nfzoo.models._checkpoint_filter import checkpoint_filter_fn
 from nfzoo.weights.loading import fitting_filter
 from nfzoo.models.nfnet import NFNet, NFNetCfg
 
-# REFERENCE.md section 1: params (M), GMACs at the test size, test px
+# params (M) and GMACs at the test size as timm's dm_nfnet_f* (the same architecture) has them;
+# test px from the variant table of DeepMind's nfnets/nfnet.py
 PUBLISHED = {
     0: (71.49, 12.38, 256), 1: (132.63, 35.54, 320), 2: (193.78, 62.59, 352), 3: (254.92, 114.76, 416),
     4: (316.07, 215.24, 512), 5: (377.21, 289.76, 544), 6: (438.36, 377.28, 576),

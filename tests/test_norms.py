@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nfzoo.layers.norms import (
+from nfzoo.layers.ablation_norms import (
     BatchInstanceNorm2d, BatchRenorm2d, SwitchableNorm2d, clamp_gates_, instance_norm, layer_norm,
     weight_norm_convs,
 )

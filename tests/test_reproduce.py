@@ -4,10 +4,10 @@ import pytest
 import torch
 
 from nfzoo.layers import NORMS
-from nfzoo.layers.norms import BatchInstanceNorm2d, BatchRenorm2d, SwitchableNorm2d
+from nfzoo.layers.ablation_norms import BatchInstanceNorm2d, BatchRenorm2d, SwitchableNorm2d
 from nfzoo.train.reproduce.experiments import GROUPED, NORMS as ABLATION
-from nfzoo.train.reproduce.models import SmallResNet, small_nf_resnet
-from nfzoo.train.reproduce.report import agc_table, norm_table
+from nfzoo.train.reproduce.networks import SmallResNet, small_nf_resnet
+from nfzoo.train.reproduce.figures import agc_table, norm_table
 
 
 @pytest.mark.parametrize("norm", ABLATION)

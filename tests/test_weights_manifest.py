@@ -1,4 +1,4 @@
-"""The weights manifest: complete, well-formed, and agreeing with REFERENCE.md."""
+"""The weights manifest: complete, well-formed, and agreeing with the published numbers."""
 import re
 
 import pytest
@@ -6,7 +6,8 @@ import pytest
 from nfzoo.weights import manifest
 from nfzoo.weights.manifest import paper
 
-# REFERENCE.md §1 (paper, Table 3) and §3 (authors' GN+WS errors, as 100 - error).
+# The NFNet paper (arXiv 2102.06171, Table 3) and Qiao et al.'s released GN+WS errors
+# (arXiv 1903.10520, their release's model table), as 100 - error.
 EXPECTED = {
     "nfnet_f0.dm_in1k": (83.6, 96.8, 256), "nfnet_f1.dm_in1k": (84.7, 97.1, 320),
     "nfnet_f2.dm_in1k": (85.1, 97.3, 352), "nfnet_f3.dm_in1k": (85.7, 97.5, 416),

@@ -61,7 +61,7 @@ def test_openmmlab_mirror_is_checked_against_its_sha256_prefix(tmp_path, monkeyp
 
 def test_release_of_another_model_is_refused_and_nothing_written(tmp_path):
     _, source = release("resnet50_gn_ws", tmp_path, authors)
-    with pytest.raises(ValueError, match="another architecture"):
+    with pytest.raises(ValueError, match="another model"):
         convert(source, "resnet101_gn_ws.jhu_in1k", tmp_path / "out")
     assert not (tmp_path / "out").exists()
 

@@ -2,9 +2,9 @@
 
 The released BCN+WS weights were trained with ordinary batch statistics in BCN's batch part.
 Fine-tuned with one or two images per device those statistics are noise, so the authors switch
-the batch part to *estimated* statistics (REFERENCE.md section 3): running estimates updated
-without gradient and always used to normalize, which makes each image's output independent of
-the rest of the batch. GN+WS and NF backbones need nothing of the kind.
+the batch part to *estimated* statistics (Qiao et al., arXiv 1903.10520, and their
+Batch-Channel-Normalization release): running estimates updated without gradient and always
+used to normalize, which makes each image's output independent of the rest of the batch. GN+WS and NF backbones need nothing of the kind.
 """
 from __future__ import annotations
 

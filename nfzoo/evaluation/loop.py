@@ -13,10 +13,11 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from .distributed import Runtime, gather_lists, max_over_processes, shard, sum_over_processes
-from .errors import EvaluationError
+from ..torchrun import Runtime
+from .sharding import gather_lists, max_over_processes, shard, sum_over_processes
+from .input_error import EvaluationError
 from .labels import RealLabels
-from .metrics import TOPK, percent, topk_correct
+from .accuracy import TOPK, percent, topk_correct
 from .preprocess import eval_transform
 
 __all__ = ["AMP_DTYPES", "EvalOptions", "EvalResult", "evaluate"]

@@ -7,8 +7,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from .errors import EvaluationError
-from .report import atomic_path, read_results
+from .input_error import EvaluationError
+from .results import atomic_path, read_results
 
 __all__ = ["plot_accuracy_vs_throughput"]
 

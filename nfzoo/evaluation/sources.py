@@ -12,7 +12,7 @@ from pathlib import Path
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from .errors import EvaluationError
+from .input_error import EvaluationError
 from .labels import NUM_CLASSES, read_class_map, read_ground_truth
 
 __all__ = ["FileSource", "ParquetSource", "image_folder", "flat_val_folder", "open_source"]

@@ -6,9 +6,7 @@ from typing import Any, Callable
 import torch.nn as nn
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import LocalEntryNotFoundError
-from timm.models import build_model_with_cfg
-from timm.models._builder import resolve_pretrained_cfg
-from timm.models._registry import get_arch_pretrained_cfgs
+from timm.models import build_model_with_cfg, get_arch_pretrained_cfgs, resolve_pretrained_cfg
 
 from ..weights.loading import fitting_filter, resolve_pretrained_file
 

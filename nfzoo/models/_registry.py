@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from typing import Callable, TypeVar
 
-from timm.models import _registry as timm_registry
+import timm
+from timm.models import register_model
+
+from ..timm_private import unregister_model
 
 __all__ = ["register_zoo_model", "REPLACED_TIMM_MODELS", "ZOO_MODELS"]
 
@@ -23,15 +26,14 @@ ZOO_MODELS: set[str] = set()
 def register_zoo_model(fn: F) -> F:
     """``timm.models.register_model`` for nfzoo, enforcing the naming policy above."""
     name = fn.__name__
-    previous = timm_registry._model_entrypoints.get(name)
+    previous = timm.models.model_entrypoint(name) if timm.is_model(name) else None
     if previous is not None and not previous.__module__.startswith("nfzoo."):
-        if any(n.split(".", 1)[0] == name for n in timm_registry._model_has_pretrained):
+        if timm.list_pretrained(f"{name}.*"):
             raise RuntimeError(
                 f"nfzoo must not replace timm's {name!r}: timm has pretrained weights for it. "
                 "Give the nfzoo model another name.")
         REPLACED_TIMM_MODELS.add(name)
     if previous is not None:  # timm's weightless model, or this module imported again (importlib.reload)
-        timm_registry._clear_model_entries(name)  # leaves the entry point, whose presence makes timm warn
-        del timm_registry._model_entrypoints[name]
+        unregister_model(name)
     ZOO_MODELS.add(name)
-    return timm_registry.register_model(fn)
+    return register_model(fn)

@@ -29,16 +29,16 @@ from typing import Any, Literal
 import torch
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import AvgPool2dSame, ClassifierHead, create_pool2d
-from timm.layers import register_notrace_function
+from timm.layers import AvgPool2dSame, ClassifierHead, create_pool2d, register_notrace_function
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs
-from timm.models._features import feature_take_indices
 
 from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
 from ..layers.std_conv import StdNumerics
+from ..optim.param_groups import no_weight_decay_names
+from ..timm_private import feature_take_indices
 from ..weights import pretrained_cfg
 from ._builder import build_zoo_model
-from ._checkpoint import checkpoint_filter_fn
+from ._checkpoint_filter import checkpoint_filter_fn
 from ._registry import register_zoo_model
 
 __all__ = ["NFNet", "NFNetCfg", "NFBlock", "FusedNFBlock", "expected_std_betas"]
@@ -322,7 +322,7 @@ class NFNet(nn.Module):
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
         """Gains and biases: DeepMind applies weight decay to the conv and linear weights only."""
-        return {n for n, _ in self.named_parameters() if n.endswith(("gain", "bias"))}
+        return no_weight_decay_names(self)
 
     @torch.jit.ignore
     def set_grad_checkpointing(self, enable: bool = True) -> None:

@@ -26,10 +26,12 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 from timm.models.resnet import Bottleneck, ResNet
 
-from ..layers.bcn import BatchChannelNorm2d
-from ..layers.norm import NormChoice, get_norm
+from ..layers.norm_choices import NormChoice, get_norm
+from ..optim.param_groups import no_weight_decay_names
 from ..weights import manifest, pretrained_cfg
+from ..weights.state_dict_fit import check_fits
 from ._builder import build_zoo_model
+from ._checkpoint_filter import unwrap_state_dict
 from ._registry import register_zoo_model
 
 __all__ = ["ResNetWS", "ResNetWSCfg", "build_resnet_ws", "checkpoint_filter_fn", "ARCHS"]
@@ -121,8 +123,9 @@ class ResNetWS(ResNet):
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set[str]:
-        """BCN's per-group weights: 3-D, so timm's no-decay rule for 1-D norm params misses them."""
-        return {f"{name}.weight" for name, m in self.named_modules() if isinstance(m, BatchChannelNorm2d)}
+        """Every parameter but the conv and linear weights (BCN's per-group weights are 3-D, so
+        timm's own rule for 1-D parameters would miss them)."""
+        return no_weight_decay_names(self)
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -148,8 +151,8 @@ def _describe(state_dict: dict[str, torch.Tensor]) -> str:
 
 
 def _rename(key: str) -> str:
-    # DataParallel's prefix (the authors' files); OpenMMLab's mirrors name GroupNorm layers gn1..gn3.
-    return re.sub(r"(^|\.)gn(\d)\.", r"\1bn\2.", key.removeprefix("module."))
+    # OpenMMLab's mirrors name GroupNorm layers gn1..gn3.
+    return re.sub(r"(^|\.)gn(\d)\.", r"\1bn\2.", key)
 
 
 def checkpoint_filter_fn(checkpoint: dict[str, Any], model: ResNetWS) -> dict[str, torch.Tensor]:
@@ -157,9 +160,7 @@ def checkpoint_filter_fn(checkpoint: dict[str, Any], model: ResNetWS) -> dict[st
     affine), OpenMMLab's GN+WS mirrors (``{'state_dict': ...}``, ``gnX`` names) or our own
     state dicts, as this model's state dict; a clear error for another architecture or norm.
     """
-    if isinstance(checkpoint.get("state_dict"), dict):
-        checkpoint = checkpoint["state_dict"]
-    state_dict = {_rename(k): v for k, v in checkpoint.items()}
+    state_dict = {_rename(k): v for k, v in unwrap_state_dict(checkpoint).items()}
     expected = model.state_dict()
     arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
     have, want = _norm_kind(state_dict), _norm_kind(expected)
@@ -168,20 +169,8 @@ def checkpoint_filter_fn(checkpoint: dict[str, Any], model: ResNetWS) -> dict[st
             f"the checkpoint has {_NORM_KINDS[have]} layers but this {arch} model uses {_NORM_KINDS[want]}; "
             f"build the model with the checkpoint's norm (e.g. build_resnet_ws(arch, norm=...) or the matching "
             f"*_{'bcn_ws' if have == 'bcn' else 'gn_ws'} model)")
-    classifier = model.get_classifier(name_only=True) + "."
-    missing = [k for k in expected if k not in state_dict and not k.endswith(_OPTIONAL_KEYS)
-               and not k.startswith(classifier)]
-    unexpected = [k for k in state_dict if k not in expected and not k.startswith(classifier)]
-    mismatched = [f"{k} {tuple(state_dict[k].shape)} vs {tuple(expected[k].shape)}"
-                  for k in state_dict if k in expected and not k.startswith(classifier)
-                  and state_dict[k].shape != expected[k].shape]
-    if missing or unexpected or mismatched:
-        problems = [f"{label} ({len(keys)}): {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
-                    for label, keys in (("missing", missing), ("unexpected", unexpected),
-                                        ("shape mismatch", mismatched)) if keys]
-        raise ValueError(
-            f"the checkpoint is for another architecture than {arch}; checkpoint: {_describe(state_dict)}; "
-            f"model: {_describe(expected)}; " + "; ".join(problems))
+    check_fits(state_dict, model, "the checkpoint", skip=[model.get_classifier(name_only=True)],
+               optional=_OPTIONAL_KEYS, describe=_describe)
     return state_dict
 
 

@@ -1,4 +1,9 @@
-"""Optimizer utilities: adaptive gradient clipping (AGC) for NFNets."""
-from .agc import AGC, adaptive_grad_clip_, classifier_parameters
+"""The optimization rules of the NFNet recipe: adaptive gradient clipping (AGC) and which
+parameters get weight decay and clipping (:mod:`nfzoo.optim.param_groups`)."""
+from .agc import AGC, DEEPMIND_BATCH, DEEPMIND_CLIP, adaptive_grad_clip_, clip_for_batch
+from .param_groups import agc_exempt_names, agc_parameters, no_weight_decay_names, weight_decay_groups
 
-__all__ = ["AGC", "adaptive_grad_clip_", "classifier_parameters"]
+__all__ = [
+    "AGC", "adaptive_grad_clip_", "clip_for_batch", "DEEPMIND_BATCH", "DEEPMIND_CLIP",
+    "agc_exempt_names", "agc_parameters", "no_weight_decay_names", "weight_decay_groups",
+]

@@ -29,9 +29,32 @@ import torch
 import torch.nn as nn
 from torch.optim import Optimizer
 
-__all__ = ["AGC", "adaptive_grad_clip_", "classifier_parameters"]
+from .param_groups import agc_exempt_names
+
+__all__ = ["AGC", "adaptive_grad_clip_", "clip_for_batch", "DEEPMIND_BATCH", "DEEPMIND_CLIP"]
 
 GRAD_NORM_FLOOR = 1e-6
+
+# DeepMind's release trains every NFNet at a global batch of 4096 with clip 0.01
+# (nfnets/experiment_nfnets.py). The paper's AGC section (Brock et al. 2021, arXiv 2102.06171)
+# recommends 0.01 for batches of 1024 to 4096 and finds that larger batches need a smaller
+# threshold, without giving one; at smaller batches clipping matters less.
+DEEPMIND_BATCH = 4096
+DEEPMIND_CLIP = 0.01
+
+
+def clip_for_batch(global_batch: int) -> float:
+    """The AGC threshold for a global batch: 0.01 up to 4096 images. Above that the published
+    sources give no value, only that it must be smaller, so a larger batch is refused: choose
+    the threshold yourself."""
+    if global_batch < 1:
+        raise ValueError(f"the global batch must be positive, got {global_batch}")
+    if global_batch > DEEPMIND_BATCH:
+        raise ValueError(
+            f"no published AGC threshold for a global batch of {global_batch}: the NFNet paper uses "
+            f"{DEEPMIND_CLIP} up to {DEEPMIND_BATCH} and finds that larger batches need a smaller one. "
+            f"Set it explicitly (e.g. --agc-clip 0.005), or use a global batch of at most {DEEPMIND_BATCH}.")
+    return DEEPMIND_CLIP
 
 
 def _is_unitwise(t: torch.Tensor) -> bool:
@@ -61,8 +84,9 @@ def adaptive_grad_clip_(parameters: Iterable[torch.Tensor], clip: float = 0.01, 
 
     Parameters without a gradient are skipped. Call it on *unscaled* gradients (after
     ``GradScaler.unscale_``) and, under DDP, after backward (the gradients are then all-reduced).
-    The classifier is not excluded here: pass only the parameters to clip (see
-    :func:`classifier_parameters`), or use the :class:`AGC` optimizer wrapper, which does it.
+    Nothing is excluded here: pass only the parameters to clip
+    (:func:`nfzoo.optim.param_groups.agc_parameters`), or use the :class:`AGC` optimizer
+    wrapper, which does it.
     """
     if clip <= 0 or eps <= 0:
         raise ValueError(f"clip and eps must be positive, got clip={clip}, eps={eps}")
@@ -89,26 +113,6 @@ def adaptive_grad_clip_(parameters: Iterable[torch.Tensor], clip: float = 0.01, 
             torch._foreach_mul_([g for g, _ in scaled], [f.to(g.dtype) for g, f in scaled])
 
 
-def classifier_parameters(model: nn.Module) -> list[nn.Parameter]:
-    """The parameters of the final classifier named by ``model.pretrained_cfg['classifier']``
-    (timm's convention; a tuple names several heads). Empty when the classifier was removed."""
-    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
-    names = cfg.get("classifier")
-    if names is None:
-        raise ValueError(
-            f"{type(model).__name__} has no pretrained_cfg['classifier'] naming its classifier; "
-            "pass model=None and the parameters to exclude with exclude=[...]")
-    params = []
-    for name in (names,) if isinstance(names, str) else names:
-        try:
-            params.extend(model.get_submodule(name).parameters())
-        except AttributeError as e:
-            raise ValueError(
-                f"pretrained_cfg['classifier'] = {name!r} is not a submodule of {type(model).__name__}; "
-                "pass model=None and the parameters to exclude with exclude=[...]") from e
-    return params
-
-
 class AGC(Optimizer):
     """Wraps any optimizer so that each ``step()`` first applies adaptive gradient clipping.
 
@@ -119,10 +123,10 @@ class AGC(Optimizer):
 
     Args:
         optimizer: the optimizer to wrap (SGD, AdamW, LAMB, ... any ``torch.optim.Optimizer``).
-        model: when given, the parameters of its classifier (``pretrained_cfg['classifier']``,
-            e.g. ``head.fc`` for NFNets) are not clipped, as in the paper.
-        clip: the clipping threshold lambda; the paper uses 0.01 for batch 1024-4096 and smaller
-            values for larger batches.
+        model: when given, its classifier's weight (``head.fc.weight`` for NFNets) is not
+            clipped, as in DeepMind's recipe (:mod:`nfzoo.optim.param_groups`; the bias is).
+        clip: the clipping threshold lambda; see :func:`clip_for_batch` for the published value
+            per global batch.
         eps: floor on the weight's unit norm (1e-3), so that zero-initialised weights can move.
         exclude: further parameters not to clip.
 
@@ -156,7 +160,10 @@ class AGC(Optimizer):
             raise TypeError(f"AGC wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
         if clip <= 0 or eps <= 0:
             raise ValueError(f"clip and eps must be positive, got clip={clip}, eps={eps}")
-        excluded = list(exclude) + (classifier_parameters(model) if model is not None else [])
+        excluded = list(exclude)
+        if model is not None:
+            params = dict(model.named_parameters())
+            excluded += [params[name] for name in sorted(agc_exempt_names(model))]
         # Optimizer.__init__ would build param groups of its own; __setstate__ only sets up the
         # hook tables and the step-profiling patch, which is what a wrapper needs.
         self.__setstate__({

@@ -4,7 +4,7 @@ papers' claims (:mod:`nfzoo.train.reproduce`)."""
 from .checkpoint import load_checkpoint, save_atomic
 from .config import TrainConfig
 from .data import ResumableBatchSampler, fashion_mnist
-from .metrics import MetricsLog, read_metrics
+from .metrics_log import MetricsLog, read_metrics
 from .trainer import CHECKPOINT_NAME, Trainer
 
 __all__ = ["TrainConfig", "Trainer", "CHECKPOINT_NAME", "ResumableBatchSampler", "fashion_mnist",

@@ -1,3 +1,3 @@
-from .cli import main
+from .train_cli import main
 
 main()

@@ -1,8 +1,11 @@
-"""The training configuration; defaults are the NFNet recipe (REFERENCE: Brock et al. 2021, §1)."""
+"""The training configuration; defaults are the NFNet recipe (Brock et al. 2021, arXiv 2102.06171,
+and DeepMind's ``nfnets/experiment_nfnets.py``; docs/training.md lists each item)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Literal
+
+from ..optim import clip_for_batch
 
 __all__ = ["TrainConfig"]
 
@@ -12,8 +15,9 @@ class TrainConfig:
     """Everything a run depends on. ``lr`` is derived from ``base_lr`` by linear scaling.
 
     Defaults follow the NFNet paper: SGD with Nesterov momentum 0.9, lr 0.1 x batch / 256 with
-    5 warmup epochs then cosine decay, weight decay 2e-5 except on gains and biases, AGC with
-    clip 0.01 on every parameter but the classifier, label smoothing 0.1, EMA of the weights.
+    5 warmup epochs then cosine decay, weight decay 2e-5 on conv and linear weights only, AGC on
+    every parameter but the classifier's weight with the threshold the global batch calls for
+    (0.01 up to 4096; :func:`nfzoo.optim.clip_for_batch`), label smoothing 0.1, EMA of the weights.
     """
 
     epochs: int = 360
@@ -26,7 +30,8 @@ class TrainConfig:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 2e-5
-    agc_clip: float | None = 0.01  # None or 0 disables Adaptive Gradient Clipping
+    # 'batch': the published threshold for the global batch; a number sets it; None or 0: no AGC
+    agc_clip: float | str | None = "batch"
     label_smoothing: float = 0.1
     ema_decay: float | None = 0.99999  # None disables the EMA
     amp: Literal["none", "bf16", "fp16"] = "none"
@@ -45,9 +50,17 @@ class TrainConfig:
             raise ValueError(f"amp must be 'none', 'bf16' or 'fp16', got {self.amp!r}")
         if self.epochs < 1 or self.batch_size < 1:
             raise ValueError(f"epochs and batch_size must be positive, got {self.epochs}, {self.batch_size}")
+        if isinstance(self.agc_clip, str) and self.agc_clip != "batch":
+            raise ValueError(f"agc_clip must be a number, None or 'batch', got {self.agc_clip!r}")
 
     def learning_rate(self, world_size: int) -> float:
         """The peak learning rate for this global batch."""
         if self.lr is not None:
             return self.lr
         return self.base_lr * self.batch_size * world_size / 256
+
+    def agc_threshold(self, world_size: int) -> float | None:
+        """The AGC clipping threshold for this global batch (None: no clipping)."""
+        if self.agc_clip == "batch":
+            return clip_for_batch(self.batch_size * world_size)
+        return self.agc_clip or None

@@ -25,7 +25,11 @@ _MEAN, _STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
 
 def read_idx(path: str | os.PathLike) -> np.ndarray:
     """Read an IDX file (LeCun's MNIST format: magic 0x0000 | type 0x08 | ndim, big-endian dims,
-    uint8 data), gzipped or not."""
+    uint8 data), gzipped or not.
+
+    Written here rather than torchvision's ``read_image_file``/``read_label_file``: those read
+    only uncompressed files (Debian ships the gzipped ones), check the header with bare asserts
+    and accept a truncated image file; this one says what is wrong with a bad file."""
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rb") as f:
         raw = f.read()

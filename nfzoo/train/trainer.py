@@ -17,13 +17,14 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from ..layers.norms import clamp_gates_
+from .. import torchrun
+from ..layers.ablation_norms import clamp_gates_
+from ..optim.param_groups import agc_parameters
 from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
 from .config import TrainConfig
 from .data import ResumableBatchSampler
-from .distributed import Dist, init_distributed
-from .metrics import MetricsLog
-from .optim import agc_parameters, build_optimizer, build_scheduler, clip_gradients
+from .metrics_log import MetricsLog
+from .optimizer import build_optimizer, build_scheduler, clip_gradients
 
 __all__ = ["Trainer", "CHECKPOINT_NAME"]
 
@@ -47,9 +48,9 @@ class Trainer:
     """
 
     def __init__(self, model: nn.Module, train_set: Dataset, cfg: TrainConfig, eval_set: Dataset | None = None,
-                 env: Dist | None = None, on_step: Callable[["Trainer"], None] | None = None):
+                 env: torchrun.Runtime | None = None, on_step: Callable[["Trainer"], None] | None = None):
         self.cfg = cfg
-        self.env = env or init_distributed()
+        self.env = env or torchrun.start()
         self.train_set, self.eval_set, self.on_step = train_set, eval_set, on_step
         self.model = model.to(self.env.device)
         self.net = DistributedDataParallel(self.model) if self.env.enabled else self.model
@@ -60,6 +61,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=cfg.amp == "fp16")
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.agc_params = agc_parameters(self.model)
+        self.agc_clip = cfg.agc_threshold(self.env.world_size)
         self.out = Path(cfg.output_dir)
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -89,7 +91,7 @@ class Trainer:
                 self.scaler.scale(loss).backward()
             total += loss.detach().float()
         self.scaler.unscale_(self.optimizer)
-        clip_gradients(self.agc_params, self.cfg.agc_clip)
+        clip_gradients(self.agc_params, self.agc_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
         clamp_gates_(self.model)

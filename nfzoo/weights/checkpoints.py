@@ -1,18 +1,16 @@
-"""Reading PyTorch checkpoints safely, and checking that a state dict fits a model."""
+"""Reading PyTorch checkpoints safely (the fit check: :mod:`nfzoo.weights.state_dict_fit`)."""
 from __future__ import annotations
 
 import os
 import pickle
-from typing import Iterable
 
 import torch
-import torch.nn as nn
 from timm.models import load_state_dict
 
 from .errors import CheckpointError
 from .files import check_readable
 
-__all__ = ["load_torch_state_dict", "check_fits"]
+__all__ = ["load_torch_state_dict"]
 
 
 def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
@@ -35,44 +33,3 @@ def load_torch_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor) for v in state_dict.values()):
         raise CheckpointError(f"{path}: holds no state dict of tensors.")
     return state_dict
-
-
-def check_fits(
-        state_dict: dict[str, torch.Tensor],
-        model: nn.Module,
-        source: str,
-        skip: Iterable[str] = (),
-        first_conv: str | None = None,
-) -> None:
-    """Raise :class:`CheckpointError` unless ``state_dict`` has exactly the model's keys and shapes.
-
-    Keys under the module names in ``skip`` are not compared (a classifier that timm replaces
-    for another ``num_classes``); the ``first_conv`` weight may differ in its input channels
-    (timm adapts it to ``in_chans``). The message lists what differs, so that a checkpoint made
-    for another model is recognised as such.
-    """
-    prefixes = tuple(f"{name}." for name in skip)
-    target = {k: v for k, v in model.state_dict().items() if not k.startswith(prefixes)}
-    given = {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
-    missing = sorted(set(target) - set(given))
-    unexpected = sorted(set(given) - set(target))
-
-    def fits(key: str, a: torch.Size, b: torch.Size) -> bool:
-        if key == f"{first_conv}.weight" and len(a) == len(b) == 4:
-            return a[0] == b[0] and a[2:] == b[2:]
-        return a == b
-
-    shapes = sorted(f"{k} {tuple(given[k].shape)} vs {tuple(v.shape)}"
-                    for k, v in target.items() if k in given and not fits(k, given[k].shape, v.shape))
-    if missing or unexpected or shapes:
-        parts = [f"{len(found)} {what} ({', '.join(found[:4])}{', ...' if len(found) > 4 else ''})"
-                 for what, found in (("missing keys", missing), ("unexpected keys", unexpected),
-                                     ("shape mismatches (checkpoint vs model)", shapes)) if found]
-        raise CheckpointError(
-            f"{source} does not fit {_model_name(model)}: {'; '.join(parts)}. "
-            "It is a checkpoint for another model (or another variant of this one).")
-
-
-def _model_name(model: nn.Module) -> str:
-    cfg = getattr(model, "pretrained_cfg", None) or {}
-    return cfg.get("architecture") or type(model).__name__

@@ -21,7 +21,8 @@ import timm
 import torch
 import torch.nn as nn
 
-from .checkpoints import check_fits, load_torch_state_dict
+from .checkpoints import load_torch_state_dict
+from .state_dict_fit import check_fits
 from .errors import CheckpointError
 from .files import atomic_path, check_digest, check_sha256, sha256_file
 from .haiku import haiku_to_state_dict, load_haiku_params

@@ -18,12 +18,9 @@ __all__ = ["file_digest", "sha256_file", "check_sha256", "check_digest", "atomic
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
-    """The hex digest of a file, read in 1 MiB chunks (``hashlib.file_digest`` is Python 3.11+)."""
-    digest = hashlib.new(algorithm)
+    """The hex digest of a file (``hashlib.file_digest``, which reads it in chunks)."""
     with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(f, algorithm).hexdigest()
 
 
 def sha256_file(path: str | os.PathLike) -> str:

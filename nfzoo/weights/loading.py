@@ -23,10 +23,9 @@ import torch.nn as nn
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from timm.models import resolve_pretrained_cfg
-from timm.models._builder import _resolve_pretrained_source
-from timm.models._hub import hf_split
 
-from .checkpoints import check_fits
+from ..timm_private import hf_split, pretrained_source
+from .state_dict_fit import check_fits
 from .errors import CheckpointError
 from .files import atomic_path, check_readable, check_sha256
 from .manifest import Checkpoint, manifest
@@ -47,7 +46,7 @@ def resolve_pretrained_file(
     naming a local, checked copy of the weights when they come from the Hub or a URL."""
     overlay = dict(pretrained_cfg_overlay or {})
     cfg = resolve_pretrained_cfg(variant, pretrained_cfg, overlay).to_dict()
-    load_from, location = _resolve_pretrained_source(cfg)
+    load_from, location = pretrained_source(cfg)
     if cfg.get("custom_load") or load_from not in ("hf-hub", "url", "file"):
         return overlay  # a state dict, a local dir or a custom loader: timm's own path
     entry = manifest().get(f"{cfg.get('architecture')}.{cfg.get('tag')}")

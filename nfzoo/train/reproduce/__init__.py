@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from .experiments import NORMS, ResultsFile, Setup, load_data, run_agc, run_norm
-from .report import agc_table, norm_table, plot_agc, plot_norms
+from .figures import agc_table, norm_table, plot_agc, plot_norms
 
 __all__ = ["main", "Setup"]
 

@@ -14,9 +14,9 @@ from torch.utils.data import TensorDataset
 from ..checkpoint import atomic_open
 from ..config import TrainConfig
 from ..data import fashion_mnist
-from ..metrics import read_metrics
+from ..metrics_log import read_metrics
 from ..trainer import Trainer
-from .models import SmallResNet, small_nf_resnet
+from .networks import SmallResNet, small_nf_resnet
 
 __all__ = ["Setup", "NORMS", "GROUPED", "run_norm", "run_agc", "load_data", "ResultsFile"]
 

@@ -17,14 +17,15 @@ import torch
 
 import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 
-from . import distributed
-from .errors import EvaluationError
+from .. import torchrun
+from ..fuse import fuse
+from .input_error import EvaluationError
 from .labels import RealLabels
 from .loop import AMP_DTYPES, EvalOptions, EvalResult, evaluate
-from .models import count_macs, count_params, create_model, expand_model_names, expected_accuracy, prepare_model
+from .model_setup import count_macs, count_params, create_model, expand_model_names, expected_accuracy, prepare_model
 from .plot import plot_accuracy_vs_throughput
 from .preprocess import eval_data_config
-from .report import DEFAULT_TOLERANCE, FIELDS, check_row, check_suffix, format_table, write_results
+from .results import DEFAULT_TOLERANCE, FIELDS, check_row, check_suffix, format_table, write_results
 from .sources import open_source
 from .synthetic import make_image_folder
 
@@ -71,6 +72,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     run.add_argument("--amp", choices=sorted(AMP_DTYPES), help="autocast precision (default: fp32)")
     run.add_argument("--channels-last", action="store_true")
     run.add_argument("--compile", action="store_true", help="torch.compile the model")
+    run.add_argument("--no-fuse", action="store_true",
+                     help="validate the model as built; by default it is first fused (nfzoo.fuse: the same "
+                          "function with standardized weights and constant factors folded into plain convs)")
     run.add_argument("--seed", type=int, default=0, help="seed of random-init weights")
     run.add_argument("--no-progress", action="store_true")
     out = p.add_argument_group("results")
@@ -111,7 +115,7 @@ def _preflight(args: argparse.Namespace, names: list[str]) -> None:
 
 
 def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[str, Any], result: EvalResult,
-         options: EvalOptions, params: int, macs: int, runtime: distributed.Runtime, data: str) -> dict[str, Any]:
+         options: EvalOptions, params: int, macs: int, runtime: torchrun.Runtime, data: str) -> dict[str, Any]:
     pcfg = getattr(model, "pretrained_cfg", {}) or {}
     weights = _weights(args)
     entry = expected_accuracy(name) if weights != "random" else None
@@ -123,7 +127,7 @@ def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[
         images=result.images, bad_images=len(result.bad_images), img_per_sec=round(result.images_per_sec, 2),
         device=torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "cpu",
         processes=runtime.world_size, precision=args.amp or "fp32", channels_last=args.channels_last,
-        compiled=args.compile, batch_size=options.batch_size, img_size=cfg["input_size"][-1],
+        compiled=args.compile, fused=not args.no_fuse, batch_size=options.batch_size, img_size=cfg["input_size"][-1],
         crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"], interpolation=cfg["interpolation"],
         params_m=round(params / 1e6, 3), gmacs=round(macs / 1e9, 3), data=data,
     )
@@ -139,10 +143,10 @@ def run(args: argparse.Namespace) -> int:
     """Validate every model; returns the exit status (1 when a --check misses)."""
     names = expand_model_names(args.model)
     _preflight(args, names)
-    runtime = distributed.start(args.device)
+    runtime = torchrun.start(args.device)
     say = print if runtime.is_main else (lambda *a, **k: None)
     with ExitStack() as cleanup:
-        cleanup.callback(distributed.stop, runtime)
+        cleanup.callback(torchrun.stop, runtime)
         if args.data_dir is None:
             root = Path(cleanup.enter_context(tempfile.TemporaryDirectory(prefix="nfzoo-demo-")))
             source = open_source(make_image_folder(root, args.demo_images, seed=args.seed))
@@ -175,7 +179,10 @@ def run(args: argparse.Namespace) -> int:
             model = prepare_model(model, runtime, args.channels_last)
             params, macs = count_params(model), count_macs(model, cfg["input_size"])
             say(f"{name}: {params / 1e6:.2f} M params, {macs / 1e9:.2f} GMACs at {cfg['input_size'][-1]} px; "
-                f"{cfg['crop_mode']} crop {cfg['crop_pct']}, {cfg['interpolation']}")
+                f"{cfg['crop_mode']} crop {cfg['crop_pct']}, {cfg['interpolation']}; "
+                f"{'as built (--no-fuse)' if args.no_fuse else 'fused (nfzoo.fuse)'}")
+            if not args.no_fuse:
+                model = fuse(model, input_size=cfg["input_size"])
             if args.compile:
                 model = torch.compile(model)
             result = evaluate(model, source, cfg, runtime, options, real)

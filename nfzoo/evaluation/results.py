@@ -10,14 +10,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import EvaluationError
+from .input_error import EvaluationError
 
 __all__ = ["FIELDS", "DEFAULT_TOLERANCE", "check_row", "atomic_path", "write_results", "read_results", "format_table"]
 
 FIELDS = (
     "model", "tag", "weights", "top1", "top5", "expected_top1", "expected_top5", "delta_top1", "delta_top5",
     "check", "real_top1", "real_top5", "images", "bad_images", "img_per_sec", "device", "processes",
-    "precision", "channels_last", "compiled", "batch_size", "img_size", "crop_pct", "crop_mode",
+    "precision", "channels_last", "compiled", "fused", "batch_size", "img_size", "crop_pct", "crop_mode",
     "interpolation", "params_m", "gmacs", "data",
 )
 # Published accuracies are quoted to 0.1 %, and PyTorch's resize differs slightly from the

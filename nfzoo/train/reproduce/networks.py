@@ -5,7 +5,7 @@ import torch
 import torch.nn as nn
 from timm.models.nfnet import NfCfg, NormFreeNet
 
-from ...layers.norm import get_norm
+from ...layers.norm_choices import get_norm
 
 __all__ = ["SmallResNet", "small_nf_resnet"]
 

@@ -15,7 +15,7 @@ import torch.nn as nn
 from timm.layers import GroupNorm
 
 from .bcn import BatchChannelNorm2d
-from .norms import (
+from .ablation_norms import (
     BatchInstanceNorm2d, BatchRenorm2d, SwitchableNorm2d, instance_norm, layer_norm, weight_norm_conv2d,
 )
 from .std_conv import WSConv2d
@@ -81,7 +81,7 @@ register_norm("bcn_ws", NormChoice(
 register_norm("bcn_ws_est", NormChoice(
     partial(BatchChannelNorm2d, batch_stats="estimate"), partial(WSConv2d, eps_in="var"), num_groups=32,
     description="BCN with estimated batch statistics (micro-batch training) + Weight Standardization"))
-# The rest of the batch-size ablation (nfzoo.layers.norms; each class names its paper).
+# The rest of the batch-size ablation (nfzoo.layers.ablation_norms; each class names its paper).
 register_norm("ln", NormChoice(layer_norm, description="LayerNorm (GroupNorm with one group)"))
 register_norm("in", NormChoice(instance_norm, description="InstanceNorm (one channel per group), affine"))
 register_norm("brn", NormChoice(BatchRenorm2d, description="Batch Renormalization (r_max 3, d_max 5)"))

@@ -5,7 +5,7 @@
         --drop-rate 0.2 --drop-path-rate 0.25 --amp bf16 --output-dir runs/f0
 
 Every field of :class:`~nfzoo.train.config.TrainConfig` is a flag (``--agc-clip none`` turns
-AGC off). Rerunning the same command after a kill resumes from ``<output-dir>/last.pth``.
+AGC off; the default ``batch`` takes the published threshold for the global batch). Rerunning the same command after a kill resumes from ``<output-dir>/last.pth``.
 """
 from __future__ import annotations
 
@@ -21,9 +21,9 @@ from torchvision.datasets import ImageFolder
 
 import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 
+from .. import torchrun
 from .config import TrainConfig
 from .data import FASHION_MNIST_CLASSES, fashion_mnist
-from .distributed import init_distributed
 from .trainer import Trainer
 
 __all__ = ["main", "build_parser"]
@@ -31,9 +31,17 @@ __all__ = ["main", "build_parser"]
 
 def _flag_type(annotation: str) -> Callable[[str], object]:
     base = float if "float" in annotation else int if "int" in annotation else str
-    if "None" not in annotation:
-        return base
-    return lambda s: None if s.lower() == "none" else base(s)
+
+    def parse(s: str) -> object:
+        if "None" in annotation and s.lower() == "none":
+            return None
+        try:
+            return base(s)
+        except ValueError:
+            if "str" in annotation:  # a named setting, e.g. --agc-clip batch
+                return s
+            raise
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -85,7 +93,7 @@ def _datasets(args: argparse.Namespace, model_name: str, kwargs: dict) -> tuple[
 def main(argv: Sequence[str] | None = None) -> dict:
     args = build_parser().parse_args(argv)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
-    env = init_distributed()
+    env = torchrun.start()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     model, train_set, eval_set = _datasets(args, args.model, _model_kwargs(args))
     result = Trainer(model, train_set, cfg, eval_set, env=env).fit()

@@ -12,8 +12,8 @@ from timm.models import get_pretrained_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..weights.manifest import Checkpoint, manifest
-from .distributed import Runtime
-from .errors import EvaluationError
+from ..torchrun import Runtime
+from .input_error import EvaluationError
 
 __all__ = ["expand_model_names", "expected_accuracy", "create_model", "prepare_model",
            "count_params", "count_macs"]

@@ -1,0 +1,48 @@
+"""Every use of timm's private API in nfzoo, in one place.
+
+timm (``>=1.0.31,<1.1``, pinned in pyproject.toml) has no public way to do these; each function
+names what it relies on, and ``tests/test_timm_private.py`` fails with a pointer here when a
+timm upgrade changes any of it:
+
+* :func:`unregister_model` -- removing a registration, so that nfzoo can replace timm's
+  weightless ``nfnet_f*`` silently (``timm.models._registry``: ``_model_entrypoints`` and
+  ``_clear_model_entries``; timm only offers registering, which warns on an overwrite);
+* :func:`pretrained_source` -- where timm will load a pretrained cfg's weights from
+  (``timm.models._builder._resolve_pretrained_source``), so that nfzoo checks the same file;
+* :func:`hf_split` -- timm's ``repo@revision`` syntax for Hub ids (``timm.models._hub``);
+* :func:`feature_take_indices` -- timm's reading of ``forward_intermediates(indices=...)``
+  (``timm.models._features``), so that zoo models answer it exactly as timm's models do.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from timm.models import _builder, _features, _hub, _registry
+
+__all__ = ["unregister_model", "pretrained_source", "hf_split", "feature_take_indices"]
+
+
+def unregister_model(name: str) -> None:
+    """Remove ``name`` from timm's registry: entry point, pretrained cfgs, tags, module lists.
+    ``_clear_model_entries`` leaves the entry point, whose presence makes timm warn on the next
+    registration, so it is removed too."""
+    _registry._clear_model_entries(name)
+    _registry._model_entrypoints.pop(name, None)
+
+
+def pretrained_source(pretrained_cfg: dict[str, Any]) -> tuple[str, Any]:
+    """``(load_from, location)`` as timm's loader decides them: ``'hf-hub'``, ``'url'``,
+    ``'file'``, ``'state_dict'``, ``'local-dir'`` or ``''``."""
+    return _builder._resolve_pretrained_source(pretrained_cfg)
+
+
+def hf_split(hf_id: str) -> tuple[str, str | None]:
+    """``'owner/name@revision'`` -> ``('owner/name', 'revision')``; no ``@``: revision None."""
+    return _hub.hf_split(hf_id)
+
+
+def feature_take_indices(num_features: int, indices: int | list[int] | tuple[int, ...] | None = None,
+                         ) -> tuple[list[int], int]:
+    """The feature indices to return and the highest one, for ``forward_intermediates``: an int
+    ``n`` means the last ``n``, negative indices count from the end, None means all."""
+    return _features.feature_take_indices(num_features, indices)

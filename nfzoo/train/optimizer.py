@@ -1,0 +1,39 @@
+"""Optimizer, schedule and gradient clipping of the NFNet recipe, built from timm's pieces."""
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from timm.scheduler import CosineLRScheduler
+
+from ..optim import adaptive_grad_clip_
+from ..optim.param_groups import weight_decay_groups
+from .config import TrainConfig
+
+__all__ = ["build_optimizer", "build_scheduler", "clip_gradients"]
+
+
+def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1) -> torch.optim.SGD:
+    """SGD with Nesterov momentum; weight decay on conv and linear weights only
+    (:mod:`nfzoo.optim.param_groups`)."""
+    groups = weight_decay_groups(model, cfg.weight_decay)
+    return torch.optim.SGD(groups, lr=cfg.learning_rate(world_size), momentum=cfg.momentum, nesterov=cfg.nesterov)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
+    """Linear warmup from 0 then cosine decay to ``min_lr``, stepped per update (``step_update``)."""
+    return CosineLRScheduler(
+        optimizer,
+        t_initial=cfg.epochs * steps_per_epoch,
+        lr_min=cfg.min_lr,
+        warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup_lr_init=0.0,
+        warmup_prefix=False,
+        t_in_epochs=False,
+    )
+
+
+def clip_gradients(parameters: list[nn.Parameter], clip: float | None) -> None:
+    """Adaptive Gradient Clipping (unit-wise, eps 1e-3; :mod:`nfzoo.optim.agc`) in place; off when
+    ``clip`` is None or 0."""
+    if clip:
+        adaptive_grad_clip_(parameters, clip=clip, eps=1e-3)
