@@ -19,7 +19,6 @@ Numerics (``numerics=`` model argument):
 The same network skeleton, with another :class:`NFNetCfg`, builds the NF-ResNets
 (:mod:`nfzoo.models.nf_resnet`).
 """
-from __future__ import annotations
 
 from collections import OrderedDict
 from dataclasses import dataclass, replace

@@ -1,0 +1,100 @@
+"""timm's own model checks (its tests/test_models.py), run on the zoo so CI keeps them.
+
+timm checks every registered model: forward, backward (every parameter gets a gradient), default
+cfgs (pool size, ``forward_features``, ``reset_classifier``, classifier and first-conv names),
+``features_only``, TorchScript, FX forward/backward through its tracer, and TorchScript of the
+FX graph. The cfg checks run on every zoo name (built on the meta device, so F6/F7 cost
+nothing); the numerical checks run on one model of each block family at a small input, since
+the variants of a family differ only in their depth and width tables.
+"""
+import pytest
+import timm
+import torch
+from timm.models import get_notrace_functions, get_notrace_modules
+
+import nfzoo
+
+FAMILIES = ["nfnet_f0", "nf_resnet152", "resnet50_gn_ws", "resnext50_32x4d_gn_ws", "resnet50_bcn_ws"]
+SMALL = dict(nfnet_f0=dict(depths=(1, 1, 1, 1)), nf_resnet152=dict(depths=(1, 1, 1, 1)))
+SIZE = 64
+
+
+def create(name: str, **kwargs) -> torch.nn.Module:
+    torch.manual_seed(0)
+    return timm.create_model(name, **SMALL.get(name, {}), **kwargs)
+
+
+def fx_graph(model: torch.nn.Module) -> torch.fx.GraphModule:
+    """``torch.fx`` symbolic tracing with timm's leaf modules and wrapped functions, as timm's tests
+    and its ``features_only=True, feature_cls='fx'`` do."""
+    tracer = torch.fx.Tracer(autowrap_functions=tuple(get_notrace_functions()))
+    leaves = tuple(get_notrace_modules())
+    tracer.is_leaf_module = lambda m, qualname: isinstance(m, leaves) or torch.fx.Tracer.is_leaf_module(
+        tracer, m, qualname)
+    return torch.fx.GraphModule(model, tracer.trace(model))
+
+
+@pytest.mark.parametrize("name", sorted(nfzoo.ZOO_MODELS))
+def test_default_cfgs(name):
+    with torch.device("meta"):
+        model = timm.create_model(name)
+    cfg, keys = model.pretrained_cfg, model.state_dict().keys()
+    assert cfg["classifier"] + ".weight" in keys and cfg["first_conv"] + ".weight" in keys
+    assert len(cfg["pool_size"]) == 2 and cfg["input_size"][-1] == cfg["pool_size"][-1] * 32
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_forward_features_and_reset_classifier(name):
+    model = create(name).eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        assert model.forward_features(x).shape[-2:] == (SIZE // 32, SIZE // 32)
+        model.reset_classifier(0)
+        assert model(x).shape == (1, model.num_features)
+        model.reset_classifier(0, "")
+        assert model(x).shape[-2:] == (SIZE // 32, SIZE // 32)
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_backward_reaches_every_parameter(name):
+    model = create(name, num_classes=42).train()
+    out = model(torch.randn(2, 3, SIZE, SIZE))
+    out.mean().backward()
+    assert out.shape == (2, 42) and not torch.isnan(out).any()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"no gradient for {missing}"
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_features_only(name):
+    for feature_cls in (None, "fx"):
+        kwargs = {} if feature_cls is None else dict(feature_cls=feature_cls)
+        model = create(name, features_only=True, **kwargs).eval()
+        with torch.no_grad():
+            outs = model(torch.randn(1, 3, SIZE, SIZE))
+        assert [o.shape[1] for o in outs] == model.feature_info.channels()
+        assert [SIZE // o.shape[-1] for o in outs] == model.feature_info.reduction()
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_torchscript_fx_and_torchscript_of_fx(name):
+    model = create(name, num_classes=10).eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = model(x)
+        graph = fx_graph(model)
+        torch.testing.assert_close(graph(x), expected)
+        torch.testing.assert_close(torch.jit.script(model)(x), expected)
+        torch.testing.assert_close(torch.jit.script(graph)(x), expected)
+    model.train()
+    fx_graph(model)(torch.randn(2, 3, SIZE, SIZE)).mean().backward()  # FX backward, as timm's suite
+    assert all(p.grad is not None for p in model.parameters())
+
+
+def test_input_checks_survive_tracing_and_scripting():
+    """The wrong channel count is still explained in a traced and in a scripted NFNet."""
+    model = create("nfnet_f0", num_classes=10).eval()
+    wrong = torch.randn(1, 1, SIZE, SIZE)
+    for runnable in (fx_graph(model), torch.jit.script(model)):
+        with pytest.raises((ValueError, torch.jit.Error), match="in_chans"):
+            runnable(wrong)
