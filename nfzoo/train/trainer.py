@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import torchrun
+from ..atomic_files import remove_stale_temporaries
 from ..layers.ablation_norms import clamp_gates_
 from ..optim.param_groups import agc_parameters
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -68,6 +69,8 @@ class Trainer:
         self.diverged = False
         self._logged_at_checkpoint = 0
         self._seed_everything()
+        if self.env.is_main:  # what killed checkpoint writes left behind
+            remove_stale_temporaries(self.out / CHECKPOINT_NAME)
         resume = self.out / CHECKPOINT_NAME if cfg.resume == "auto" else cfg.resume
         if resume is not None and (cfg.resume != "auto" or Path(resume).is_file()):
             self.load_state_dict(load_checkpoint(resume))
