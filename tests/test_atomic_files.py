@@ -97,18 +97,18 @@ def test_several_files_are_all_written_or_none(tmp_path, disk_fills_up):
 
 
 def test_a_disk_full_conversion_leaves_nothing(tmp_path, disk_fills_up):
-    import safetensors.torch
+    import timm
 
     import nfzoo  # noqa: F401
     from nfzoo.weights.convert import convert
-    import timm
 
     source = tmp_path / "src.pth"
     torch.save(timm.create_model("resnet50_gn_ws").state_dict(), source)
+    convert(source, "resnet50_gn_ws", tmp_path / "fits", source_format="ws-pth")
+    weights_size = (tmp_path / "fits" / "model.safetensors").stat().st_size
     out = tmp_path / "out"
-    weights_size = len(safetensors.torch.save(timm.create_model("resnet50_gn_ws").state_dict()))
     disk_fills_up(weights_size + 10)  # the weights fit, conversion.json does not
-    with pytest.raises(DiskFullError):
+    with pytest.raises(DiskFullError, match="conversion.json"):
         convert(source, "resnet50_gn_ws", out, source_format="ws-pth")
     assert list(out.iterdir()) == []
 
