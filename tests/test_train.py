@@ -16,7 +16,7 @@ from torch.utils.data import TensorDataset
 
 from nfzoo.layers import DropPath, ScaledStdConv2d
 from nfzoo.layers.ablation_norms import BatchInstanceNorm2d
-from nfzoo.train import CHECKPOINT_NAME, TrainConfig, Trainer, fashion_mnist, load_checkpoint, read_metrics, save_atomic
+from nfzoo.train import CHECKPOINT_NAME, TrainConfig, Trainer, fashion_mnist, load_checkpoint, read_metrics, save_checkpoint
 from nfzoo.train.data import ResumableBatchSampler
 from nfzoo.optim.param_groups import agc_parameters
 from nfzoo.train.optimizer import build_optimizer
@@ -153,15 +153,15 @@ def test_resume_refuses_a_different_batch_layout(tmp_path):
         make_trainer(tmp_path, batch_size=8)
 
 
-def test_save_atomic_keeps_the_old_file_when_writing_fails(tmp_path):
+def test_save_checkpoint_keeps_the_old_file_when_writing_fails(tmp_path):
     class Unpicklable:
         def __reduce__(self):
             raise RuntimeError("disk full")
 
     path = tmp_path / "ckpt.pth"
-    save_atomic({"step": 1}, path)
+    save_checkpoint({"step": 1}, path)
     with pytest.raises(RuntimeError, match="disk full"):
-        save_atomic({"step": 2, "bad": Unpicklable()}, path)
+        save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
     assert load_checkpoint(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
 
@@ -277,7 +277,7 @@ def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path
 
 
 def test_atomic_files_get_an_ordinary_mode(tmp_path):
-    save_atomic({"step": 1}, tmp_path / "c.pth")
+    save_checkpoint({"step": 1}, tmp_path / "c.pth")
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "c.pth").stat().st_mode & 0o777 == 0o666 & ~mask

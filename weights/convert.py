@@ -19,7 +19,7 @@ def main() -> int:
     args = parser.parse_args()
     try:
         record = convert(args.source, args.name, args.out, source_format=args.format)
-    except ValueError as e:  # CheckpointError, or a model family's checkpoint filter refusing the file
+    except (ValueError, OSError) as e:  # CheckpointError, a filter refusing the file, a full disk
         print(f"error: {e}\nNothing was written.", file=sys.stderr)
         return 1
     print(f"{args.out}/{record.file}: {record.num_params / 1e6:.2f} M parameters, sha256 {record.sha256}")

@@ -8,7 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from .input_error import EvaluationError
-from .results import atomic_path, read_results
+from ..atomic_files import atomic_open
+from .results import read_results
 
 __all__ = ["plot_accuracy_vs_throughput"]
 
@@ -33,8 +34,8 @@ def plot_accuracy_vs_throughput(rows: list[dict[str, Any]], path: Path) -> None:
     ax.set_title(f"top-1 vs throughput ({'; '.join(devices)})", fontsize=10)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=120)
+    with atomic_open(path) as f:
+        fig.savefig(f, format="png", dpi=120)
     plt.close(fig)
 
 

@@ -4,15 +4,13 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
+from ..atomic_files import write_atomic
 from .input_error import EvaluationError
 
-__all__ = ["FIELDS", "DEFAULT_TOLERANCE", "check_row", "atomic_path", "write_results", "read_results", "format_table"]
+__all__ = ["FIELDS", "DEFAULT_TOLERANCE", "check_row", "write_results", "read_results", "format_table"]
 
 FIELDS = (
     "model", "tag", "weights", "top1", "top5", "expected_top1", "expected_top5", "delta_top1", "delta_top5",
@@ -36,21 +34,6 @@ def check_suffix(path: Path) -> None:
         raise EvaluationError(f"results file {path} must end in .json or .csv")
 
 
-@contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path next to ``path`` that replaces ``path`` when the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def write_results(rows: list[dict[str, Any]], path: Path) -> None:
     check_suffix(path)
     if Path(path).suffix == ".json":
@@ -61,8 +44,7 @@ def write_results(rows: list[dict[str, Any]], path: Path) -> None:
         writer.writeheader()
         writer.writerows(rows)
         text = buf.getvalue()
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
+    write_atomic(path, text)
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:

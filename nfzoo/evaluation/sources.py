@@ -2,13 +2,15 @@
 
 A source is an indexed list of labelled images: ``names[i]`` (a file name, for messages and
 ImageNet-ReaL), ``labels[i]`` (sorted-synset class index) and ``open(i)`` (a decoded RGB PIL
-image; raises :class:`OSError` or :class:`ValueError` when the image cannot be decoded).
+image; raises whatever PIL raises when the image cannot be decoded: ``OSError``, ``ValueError``,
+``SyntaxError`` ...).
 """
 from __future__ import annotations
 
 import io
 from pathlib import Path
 
+import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
@@ -20,8 +22,14 @@ __all__ = ["FileSource", "ParquetSource", "image_folder", "flat_val_folder", "op
 FLAT_VAL_GLOB = "ILSVRC2012_val_*.JPEG"
 
 
+# PIL opens 16-bit grayscale PNGs in these modes; its convert("RGB") clips them at 255.
+_SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
+
+
 def _decode(fp) -> Image.Image:
     with Image.open(fp) as img:
+        if img.mode in _SIXTEEN_BIT_MODES:  # 0..65535 onto 0..255: v * 255 / 65535 = v / 257
+            img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).astype(np.uint8), "L")
         return img.convert("RGB")  # convert() decodes the whole image: truncation fails here
 
 
@@ -98,10 +106,12 @@ def _require_dir(root: Path) -> None:
 
 
 def image_folder(root: Path, class_map: Path | None = None) -> FileSource:
-    """One sub-folder per class. Without ``class_map`` there must be exactly 1000 folders,
-    taken in sorted order (synset-named folders then match the models' classes)."""
+    """One sub-folder per class. Without ``class_map`` there must be exactly 1000 folders:
+    named ``0`` ... ``999``, each is the class of its number; otherwise they are taken in
+    sorted order (synset-named folders then match the models' classes)."""
     _require_dir(root)
     folders, _ = find_classes(str(root))
+    numeric = False
     if class_map is not None:
         class_to_idx = read_class_map(class_map)
         missing = sorted(set(folders) - set(class_to_idx))
@@ -112,12 +122,26 @@ def image_folder(root: Path, class_map: Path | None = None) -> FileSource:
         raise EvaluationError(
             f"{root} has {len(folders)} class folders, not the 1000 of ImageNet-1k: give --class-map "
             "to say which model class each folder is")
+    elif numeric := all(f.isdigit() for f in folders):
+        class_to_idx = _numeric_classes(root, folders)
     else:
         class_to_idx = {f: i for i, f in enumerate(folders)}
     samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     if not samples:
         raise EvaluationError(f"{root} has class folders but no images in them")
-    return FileSource([Path(p) for p, _ in samples], [c for _, c in samples], f"image folder {root}")
+    how = " (folders named by class index, mapped by number)" if class_map is None and numeric else ""
+    return FileSource([Path(p) for p, _ in samples], [c for _, c in samples], f"image folder {root}{how}")
+
+
+def _numeric_classes(root: Path, folders: list[str]) -> dict[str, int]:
+    """Folders named ``0`` ... ``999`` are class indices: sorted as strings, ``10`` would come
+    before ``2``, so they are mapped by their number."""
+    indices = {f: int(f) for f in folders}
+    if sorted(indices.values()) != list(range(NUM_CLASSES)):
+        raise EvaluationError(
+            f"{root}: class folders named by number must be exactly 0 ... {NUM_CLASSES - 1} (each once); "
+            "give --class-map to say which model class each folder is")
+    return indices
 
 
 def flat_val_folder(root: Path, ground_truth: Path, meta: Path | None = None) -> FileSource:

@@ -6,6 +6,7 @@ pipeline runs end to end on a fresh machine; see docs/eval.md.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 import tempfile
@@ -192,16 +193,26 @@ def run(args: argparse.Namespace) -> int:
         if not runtime.is_main:
             return 0
         print(format_table(rows))
-        if args.plot:  # first: it is the one that can still fail (no matplotlib)
-            plot_accuracy_vs_throughput(rows, args.plot)
-            print(f"plot: {args.plot}")
-        if args.results_file:
-            write_results(rows, args.results_file)
-            print(f"results: {args.results_file}")
+        _write_outputs(args, rows)
         missed = [f"{r['model']}.{r['tag']}" for r in rows if r["check"] == "fail"]
         if args.check:
             print(f"check (tolerance {args.tolerance} points): " + (f"MISSED by {', '.join(missed)}" if missed else "all pass"))
         return 1 if missed else 0
+
+
+def _write_outputs(args: argparse.Namespace, rows: list[dict[str, Any]]) -> None:
+    """The results file, then the plot; if either cannot be written (a full disk), the rows are
+    printed as JSON so that the finished evaluation is not lost."""
+    try:
+        if args.results_file:
+            write_results(rows, args.results_file)
+            print(f"results: {args.results_file}")
+        if args.plot:
+            plot_accuracy_vs_throughput(rows, args.plot)
+            print(f"plot: {args.plot}")
+    except OSError as e:
+        print(json.dumps(rows, indent=2))
+        raise EvaluationError(f"{e}. The results are printed above as JSON.") from e
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -47,6 +47,13 @@ def build_zoo_model(
                 checkpoint_filter = fitting_filter(checkpoint_filter)
         return build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter, **kwargs)
+    except IndexError as e:
+        if kwargs.get("out_indices") is None:
+            raise
+        levels = len(build_model_with_cfg(model_cls, variant, False, model_cfg=kwargs.get("model_cfg")).feature_info)
+        raise ValueError(
+            f"{variant}: out_indices={kwargs['out_indices']!r} is out of range; the model has {levels} feature "
+            f"levels, so each index must be in 0 ... {levels - 1} (or -{levels} ... -1 from the last)") from e
     except LocalEntryNotFoundError as e:
         repo = resolve_pretrained_cfg(
             variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).hf_hub_id

@@ -21,7 +21,7 @@ The same network skeleton, with another :class:`NFNetCfg`, builds the NF-ResNets
 """
 
 from collections import OrderedDict
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from functools import partial
 from typing import Any, Literal
 
@@ -36,6 +36,7 @@ from ..layers.std_conv import StdNumerics
 from ..optim.param_groups import no_weight_decay_names
 from ..timm_private import feature_take_indices
 from ..weights import pretrained_cfg
+from ._arguments import check_model_args
 from ._builder import build_zoo_model
 from ._checkpoint_filter import checkpoint_filter_fn
 from ._registry import register_zoo_model
@@ -255,8 +256,14 @@ class NFNet(nn.Module):
         super().__init__()
         if numerics not in _GELU_FOR_NUMERICS:
             raise ValueError(f"numerics must be one of {sorted(_GELU_FOR_NUMERICS)}, got {numerics!r}")
-        if output_stride not in (8, 16, 32):
-            raise ValueError(f"output_stride must be 8, 16 or 32, got {output_stride}")
+        check_model_args(type(self).__name__, dict(
+            num_classes=num_classes, in_chans=in_chans, output_stride=output_stride, drop_rate=drop_rate,
+            drop_path_rate=drop_path_rate))
+        unknown = sorted(set(kwargs) - {f.name for f in fields(NFNetCfg)})
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unexpected argument(s) {unknown}: it takes numerics, "
+                            "num_classes, in_chans, global_pool, drop_rate, drop_path_rate, output_stride and "
+                            f"the NFNetCfg fields {[f.name for f in fields(NFNetCfg)]}")
         cfg = replace(cfg, **kwargs)  # e.g. NFNetCfg fields such as alpha, se_ratio
         self.cfg, self.numerics = cfg, numerics
         self.num_classes, self.in_chans = num_classes, in_chans

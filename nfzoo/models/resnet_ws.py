@@ -26,10 +26,11 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 from timm.models.resnet import Bottleneck, ResNet
 
-from ..layers.norm_choices import NormChoice, get_norm
+from ..layers.norm_choices import NORMS, NormChoice, get_norm
 from ..optim.param_groups import no_weight_decay_names
 from ..weights import manifest, pretrained_cfg
 from ..weights.state_dict_fit import check_fits
+from ._arguments import check_model_args
 from ._builder import build_zoo_model
 from ._checkpoint_filter import unwrap_state_dict
 from ._registry import register_zoo_model
@@ -112,6 +113,7 @@ class ResNetWS(ResNet):
     """
 
     def __init__(self, cfg: ResNetWSCfg, norm_groups: int | None = None, **kwargs: Any):
+        check_model_args(type(self).__name__, kwargs)
         choice = get_norm(cfg.norm)
         _check_groups(cfg, choice, norm_groups)
         super().__init__(
@@ -207,43 +209,51 @@ def build_resnet_ws(arch: str = "resnet50", norm: str = "gn_ws", pretrained: boo
         model_cfg=replace(ARCHS[arch], norm=norm), **kwargs)
 
 
+def _build_registered(arch: str, norm: str, pretrained: bool, kwargs: dict[str, Any]) -> ResNetWS:
+    if "norm" in kwargs:
+        raise ValueError(
+            f"{arch}_{norm} is {arch} with norm {norm!r}; its name fixes the norm, so norm={kwargs['norm']!r} "
+            f"cannot be given. For another norm, build_resnet_ws({arch!r}, norm=...) takes one of {sorted(NORMS)}")
+    return build_resnet_ws(arch, norm, pretrained, **kwargs)
+
+
 @register_zoo_model
 def resnet50_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNet-50 v1.5, GroupNorm (32 groups) + WS; authors' weights 76.28 top-1."""
-    return build_resnet_ws("resnet50", "gn_ws", pretrained, **kwargs)
+    return _build_registered("resnet50", "gn_ws", pretrained, kwargs)
 
 
 @register_zoo_model
 def resnet101_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNet-101 v1.5, GroupNorm (32 groups) + WS; authors' weights 77.90 top-1."""
-    return build_resnet_ws("resnet101", "gn_ws", pretrained, **kwargs)
+    return _build_registered("resnet101", "gn_ws", pretrained, kwargs)
 
 
 @register_zoo_model
 def resnext50_32x4d_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNeXt-50 32x4d, GroupNorm (32 groups) + WS; authors' weights 77.29 top-1."""
-    return build_resnet_ws("resnext50_32x4d", "gn_ws", pretrained, **kwargs)
+    return _build_registered("resnext50_32x4d", "gn_ws", pretrained, kwargs)
 
 
 @register_zoo_model
 def resnext101_32x4d_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNeXt-101 32x4d, GroupNorm (32 groups) + WS; authors' weights 78.20 top-1."""
-    return build_resnet_ws("resnext101_32x4d", "gn_ws", pretrained, **kwargs)
+    return _build_registered("resnext101_32x4d", "gn_ws", pretrained, kwargs)
 
 
 @register_zoo_model
 def resnet50_bcn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNet-50 v1.5, Batch-Channel Norm + WS (authors' weights)."""
-    return build_resnet_ws("resnet50", "bcn_ws", pretrained, **kwargs)
+    return _build_registered("resnet50", "bcn_ws", pretrained, kwargs)
 
 
 @register_zoo_model
 def resnet101_bcn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNet-101 v1.5, Batch-Channel Norm + WS (authors' weights)."""
-    return build_resnet_ws("resnet101", "bcn_ws", pretrained, **kwargs)
+    return _build_registered("resnet101", "bcn_ws", pretrained, kwargs)
 
 
 @register_zoo_model
 def resnext50_32x4d_bcn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
     """ResNeXt-50 32x4d, Batch-Channel Norm + WS (authors' weights)."""
-    return build_resnet_ws("resnext50_32x4d", "bcn_ws", pretrained, **kwargs)
+    return _build_registered("resnext50_32x4d", "bcn_ws", pretrained, kwargs)

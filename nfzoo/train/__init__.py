@@ -1,11 +1,11 @@
 """Training with the NFNet recipe (SGD Nesterov, AGC, warmup + cosine, label smoothing, EMA),
 resumable checkpoints, ``torchrun`` data parallelism, and the small-scale reproduction of the
 papers' claims (:mod:`nfzoo.train.reproduce`)."""
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ResumableBatchSampler, fashion_mnist
 from .metrics_log import MetricsLog, read_metrics
 from .trainer import CHECKPOINT_NAME, Trainer
 
 __all__ = ["TrainConfig", "Trainer", "CHECKPOINT_NAME", "ResumableBatchSampler", "fashion_mnist",
-           "MetricsLog", "read_metrics", "load_checkpoint", "save_atomic"]
+           "MetricsLog", "read_metrics", "load_checkpoint", "save_checkpoint"]

@@ -1,75 +1,70 @@
-"""Atomic checkpoints and the random-number state a bit-exact resume needs."""
+"""Training checkpoints that load without running code, and the random-number state a
+bit-exact resume needs.
+
+A checkpoint holds only tensors, numbers, strings, booleans, ``None`` and lists, tuples and
+dicts of them, so ``torch.load(weights_only=True)`` reads it: a planted or tampered
+``last.pth`` cannot run code on resume, and timm (hence ``nfzoo-validate --checkpoint``) loads
+its ``model`` entry like any state dict. NumPy's generator state, the one non-tensor array, is
+stored as a tensor.
+"""
 from __future__ import annotations
 
 import os
+import pickle
 import random
-import tempfile
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 
-__all__ = ["atomic_open", "save_atomic", "load_checkpoint", "rng_state", "set_rng_state"]
+from ..atomic_files import atomic_open
+from ..weights.errors import CheckpointError
+
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-@contextmanager
-def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
-    """Open a temporary file next to ``path`` for writing; on success fsync it and
-    ``os.replace`` it onto ``path``, on error delete it. A kill at any moment leaves either the
-    previous file or the new one, never a half-written one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; give it an ordinary file's mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def save_atomic(obj: Any, path: str | os.PathLike) -> None:
-    """``torch.save`` through :func:`atomic_open`."""
+def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """``torch.save`` ``state`` to ``path`` atomically (see :mod:`nfzoo.atomic_files`)."""
     with atomic_open(path) as f:
-        torch.save(obj, f)
+        torch.save(state, f)
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict:
-    """Load a checkpoint written by :func:`save_atomic` (on CPU; the trainer moves tensors)."""
+def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`save_checkpoint` on the CPU, without running code from it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass resume=None (--no-resume) to start fresh")
-    # RNG states hold numpy arrays and Python tuples, so this is a full (trusted) unpickle:
-    # only load checkpoints you wrote.
-    return torch.load(path, map_location="cpu", weights_only=False)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise CheckpointError(
+            f"{path} holds objects other than tensors and plain values, so it was not loaded (loading it "
+            "could run code from the file). It was not written by this version of nfzoo.train: move it "
+            f"away, or start fresh with --no-resume. ({str(e).splitlines()[0]})") from e
+    except (EOFError, RuntimeError, ValueError) as e:
+        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e}); "
+                              "move it away, or start fresh with --no-resume") from e
 
 
-def rng_state() -> dict:
-    """The state of every random generator training draws from (Python, NumPy, torch, CUDA)."""
+def rng_state() -> dict[str, Any]:
+    """The state of every random generator training draws from (Python, NumPy, torch, CUDA),
+    in types that :func:`load_checkpoint` reads."""
+    name, keys, pos, has_gauss, cached_gaussian = np.random.get_state(legacy=True)
     return {
         "python": random.getstate(),
-        "numpy": np.random.get_state(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached_gaussian),
         "torch": torch.get_rng_state(),
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
-def set_rng_state(state: dict) -> None:
+def set_rng_state(state: dict[str, Any]) -> None:
     """Restore a state from :func:`rng_state`."""
-    random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached_gaussian = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached_gaussian))
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])

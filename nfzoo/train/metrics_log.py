@@ -5,7 +5,7 @@ import json
 import os
 from pathlib import Path
 
-from .checkpoint import atomic_open
+from ..atomic_files import atomic_open
 
 __all__ = ["MetricsLog", "read_metrics"]
 
@@ -16,6 +16,7 @@ class MetricsLog:
     def __init__(self, path: str | os.PathLike, enabled: bool = True):
         self.path = Path(path)
         self.enabled = enabled
+        self.records = 0  # records in the file: those kept at the start plus those written since
 
     def write(self, record: dict) -> None:
         if not self.enabled:
@@ -23,12 +24,15 @@ class MetricsLog:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a") as f:
             f.write(json.dumps(record) + "\n")
+        self.records += 1
 
-    def truncate_after(self, step: int) -> None:
-        """Drop the records logged after ``step`` (a resumed run logs them again), atomically."""
+    def keep_first(self, count: int) -> None:
+        """Keep only the first ``count`` records (those a checkpoint counted), atomically: a
+        resumed run logs the later ones again, so they must not stay twice."""
+        self.records = count
         if not self.enabled or not self.path.is_file():
             return
-        kept = [r for r in read_metrics(self.path) if r["step"] <= step]
+        kept = read_metrics(self.path)[:count]
         with atomic_open(self.path, "w") as f:
             f.writelines(json.dumps(r) + "\n" for r in kept)
 

@@ -22,6 +22,8 @@ from torchvision.datasets import ImageFolder
 import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 
 from .. import torchrun
+from ..atomic_files import DiskFullError
+from ..weights.errors import CheckpointError
 from .config import TrainConfig
 from .data import FASHION_MNIST_CLASSES, fashion_mnist
 from .trainer import Trainer
@@ -96,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> dict:
     env = torchrun.start()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
     model, train_set, eval_set = _datasets(args, args.model, _model_kwargs(args))
-    result = Trainer(model, train_set, cfg, eval_set, env=env).fit()
+    try:
+        result = Trainer(model, train_set, cfg, eval_set, env=env).fit()
+    except (DiskFullError, CheckpointError) as e:
+        raise SystemExit(f"nfzoo.train: error: {e}") from e
     if env.is_main:
         print({k: round(v, 4) if isinstance(v, float) else v for k, v in result.items()})
     return result

@@ -18,9 +18,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from .. import torchrun
+from ..atomic_files import remove_stale_temporaries
 from ..layers.ablation_norms import clamp_gates_
 from ..optim.param_groups import agc_parameters
-from .checkpoint import load_checkpoint, rng_state, save_atomic, set_rng_state
+from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import ResumableBatchSampler
 from .metrics_log import MetricsLog
@@ -29,7 +30,7 @@ from .optimizer import build_optimizer, build_scheduler, clip_gradients
 __all__ = ["Trainer", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "last.pth"
-_FORMAT = "nfzoo.train/1"
+_FORMAT = "nfzoo.train/2"  # 2: loads with weights_only=True; counts the metrics records
 _AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -66,11 +67,15 @@ class Trainer:
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.diverged = False
+        self._logged_at_checkpoint = 0
         self._seed_everything()
+        if self.env.is_main:  # what killed checkpoint writes left behind
+            remove_stale_temporaries(self.out / CHECKPOINT_NAME)
         resume = self.out / CHECKPOINT_NAME if cfg.resume == "auto" else cfg.resume
         if resume is not None and (cfg.resume != "auto" or Path(resume).is_file()):
             self.load_state_dict(load_checkpoint(resume))
-            self.log.truncate_after(self.step)
+        # Records logged after the checkpoint (or by a run killed before its first) are logged again.
+        self.log.keep_first(self._logged_at_checkpoint)
 
     # -- one step ---------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -204,6 +209,7 @@ class Trainer:
                                                    "rounding_rng": self.ema._sr_generator.get_state()},
             "rng": self._gathered_rng(),
             "config": asdict(self.cfg),
+            "metrics_records": self.log.records,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -225,12 +231,13 @@ class Trainer:
             self.ema._sr_generator.set_state(state["ema"]["rounding_rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.diverged = state["diverged"]
+        self._logged_at_checkpoint = state["metrics_records"]
         set_rng_state(state["rng"][self.env.rank])
 
     def save(self) -> None:
         """Write ``<output_dir>/last.pth`` atomically (every rank takes part; the main one writes)."""
         state = self.state_dict()
         if self.env.is_main:
-            save_atomic(state, self.out / CHECKPOINT_NAME)
+            save_checkpoint(state, self.out / CHECKPOINT_NAME)
         if self.env.enabled:
             dist.barrier()

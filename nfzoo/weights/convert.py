@@ -5,10 +5,12 @@ One function, :func:`convert`, for the three source formats of the manifest:
 ``openmmlab`` (OpenMMLab's mirrors of the GN+WS files). The PyTorch formats go through the
 model family's ``checkpoint_filter_fn``, the same function that loads them at
 ``create_model(..., pretrained=True)`` time. The result is verified by a strict load into the
-model before anything is written, and written atomically with a ``conversion.json`` record.
+model before anything is written, and written with a ``conversion.json`` record so that a
+failure while writing (a full disk) leaves neither file.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import sys
@@ -24,7 +26,8 @@ import torch.nn as nn
 from .checkpoints import load_torch_state_dict
 from .state_dict_fit import check_fits
 from .errors import CheckpointError
-from .files import atomic_path, check_digest, check_sha256, sha256_file
+from ..atomic_files import write_files_atomic
+from .files import check_digest, check_sha256, sha256_file
 from .haiku import haiku_to_state_dict, load_haiku_params
 from .manifest import manifest
 
@@ -108,15 +111,14 @@ def convert(
     model.load_state_dict(state_dict, strict=True)
     tensors = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
 
-    out = out_dir / WEIGHTS_FILE
     metadata = {"format": "pt", "nfzoo_name": name, "source_sha256": source_sha256}
-    with atomic_path(out) as tmp:
-        safetensors.torch.save_file(tensors, tmp, metadata=metadata)
-        sha256 = sha256_file(tmp)
+    # Serialised in memory and written by Python: safetensors' own file writer can drop a
+    # write error (a full disk) silently, and both files must be complete before either lands.
+    weights = safetensors.torch.save(tensors, metadata=metadata)
     record = Conversion(
         name=name, architecture=architecture, source=str(source), source_format=source_format,
-        source_sha256=source_sha256, file=WEIGHTS_FILE, sha256=sha256,
+        source_sha256=source_sha256, file=WEIGHTS_FILE, sha256=hashlib.sha256(weights).hexdigest(),
         num_params=sum(p.numel() for p in model.parameters()))
-    with atomic_path(out_dir / RECORD_FILE) as tmp:
-        tmp.write_text(json.dumps(asdict(record), indent=2) + "\n")
+    write_files_atomic({out_dir / WEIGHTS_FILE: weights,
+                        out_dir / RECORD_FILE: json.dumps(asdict(record), indent=2) + "\n"})
     return record

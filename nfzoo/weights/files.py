@@ -1,20 +1,17 @@
-"""File helpers shared by conversion, publishing and verified downloads: hashing, atomic
-writes, and cheap integrity checks that fail with a clear message before anything is loaded."""
+"""File helpers shared by conversion, publishing and verified downloads: hashing, and cheap
+integrity checks that fail with a clear message before anything is loaded."""
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
-import tempfile
 import zipfile
 from pathlib import Path
-from typing import Iterator
 
 from safetensors import SafetensorError, safe_open
 
 from .errors import ChecksumError, CheckpointError
 
-__all__ = ["file_digest", "sha256_file", "check_sha256", "check_digest", "atomic_path", "check_readable"]
+__all__ = ["file_digest", "sha256_file", "check_sha256", "check_digest", "check_readable"]
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
@@ -49,23 +46,18 @@ def check_sha256(path: str | os.PathLike, expected: str, what: str) -> str:
     return check_digest(path, expected, what)
 
 
-@contextlib.contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path next to ``path``; on success it replaces ``path`` in one step.
-
-    On any error the temporary file is removed, so readers never see a half-written file.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
-    os.close(fd)
+def _check_zip_crcs(path: Path) -> None:
+    """torch.load never checks the CRC-32 that the zip format stores for every member, so a
+    file whose body is damaged but whose directory is intact would load with wrong values."""
     try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
+        raise CheckpointError(f"{path} is a damaged PyTorch checkpoint ({e}); download or copy it again.") from e
+    if bad is not None:
+        raise CheckpointError(
+            f"{path} is a damaged PyTorch checkpoint: its member {bad} fails the zip CRC check "
+            "(the file was corrupted after it was written); download or copy it again.")
 
 
 def check_readable(path: str | os.PathLike) -> None:
@@ -73,6 +65,7 @@ def check_readable(path: str | os.PathLike) -> None:
 
     A safetensors file must have a valid header whose tensors end exactly at the end of the
     file; a PyTorch zip checkpoint must have its zip directory (at the end of the file).
+    Every member of a zip checkpoint must pass its CRC-32 check (this reads the whole file).
     Legacy (pre-1.6) PyTorch pickles have no cheap check: their sha256 is what protects them.
     The format is told by the file's first bytes, not its name.
     """
@@ -85,6 +78,7 @@ def check_readable(path: str | os.PathLike) -> None:
         if not zipfile.is_zipfile(path):
             raise CheckpointError(
                 f"{path} is a truncated PyTorch checkpoint (its zip directory is missing).")
+        _check_zip_crcs(path)
     elif head[8:9] == b"{" or path.suffix == ".safetensors":
         try:
             with safe_open(path, framework="pt"):

@@ -1,9 +1,13 @@
 """DeepMind's NFNet release (``F0_haiku.npz`` ... ``F6_haiku.npz``) to nfzoo's layout.
 
-Despite the suffix, the release files are pickles of a dict ``{module_path: {param: ndarray}}``
-written by Haiku. Unpickling runs whatever the file asks for, so :func:`load_haiku_params`
-uses an unpickler that can rebuild only dicts and numpy arrays: any other global in the file
-(``os.system``, ``builtins.eval``, a dill code object ...) is refused before it is called.
+Despite the suffix, the release files are pickles (written with dill, February 2021) of a
+mapping ``{module_path: {param: ndarray}}``; Haiku's ``init`` then returned its own mapping
+types (``haiku._src.data_structures.FlatMapping``, earlier ``frozendict``). Unpickling runs
+whatever the file asks for, so :func:`load_haiku_params` uses an unpickler that rebuilds only
+dicts (Haiku's mappings and ``OrderedDict`` become plain dicts, without importing Haiku) and
+numpy arrays: any other global in the file (``os.system``, ``builtins.eval``, a dill code
+object ...) is refused before it is called, and what the file may allocate is bounded by its
+own size.
 
 :func:`haiku_to_state_dict` maps the Haiku tree onto nfzoo's NFNet modules, which use timm's
 ``dm_nfnet_f*`` names::
@@ -23,10 +27,11 @@ for the squeeze-excite 1x1 convs), gains are per output channel (here (out, 1, 1
 from __future__ import annotations
 
 import codecs
+import math
 import os
 import pickle
 import re
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 import torch
@@ -45,36 +50,101 @@ _BLOCK_CONVS = {"conv0": "conv1", "conv1": "conv2", "conv1b": "conv2b", "conv2":
 _SE_LINEARS = {"linear": "attn_last.fc1", "linear_1": "attn_last.fc2"}
 
 
-def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
-    """``_codecs.encode`` as protocol-2 pickles use it for bytes, and nothing else."""
-    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
-        raise pickle.UnpicklingError("refusing _codecs.encode other than str -> latin1")
-    return text.encode("latin1")
+class _Budget:
+    """How many bytes the objects a pickle builds may take beyond what the file itself holds.
+
+    A genuine release materialises each array from bytes stored in the file, so everything it
+    builds fits in about the file's size; a crafted file could instead reuse one stored string
+    thousands of times, or ask for an array far larger than itself.
+    """
+
+    SLACK = 1 << 20
+
+    def __init__(self, file_size: int):
+        self.left = file_size + self.SLACK
+
+    def charge(self, nbytes: int, what: str) -> None:
+        self.left -= nbytes
+        if self.left < 0:
+            raise pickle.UnpicklingError(
+                f"{what} would make the file allocate more memory than its own size accounts for")
 
 
-def _numpy_globals() -> dict[tuple[str, str], Any]:
-    from numpy._core import multiarray, numeric  # numpy >= 2; older pickles name numpy.core
+def _array_bytes(shape: Any, dtype: Any) -> int:
+    if not isinstance(shape, tuple) or not all(isinstance(n, int) and n >= 0 for n in shape):
+        raise pickle.UnpicklingError(f"invalid array shape {shape!r}")
+    return math.prod(shape) * _safe_dtype(dtype).itemsize
 
-    allowed = {}
-    for core in ("numpy.core", "numpy._core"):
-        allowed[(f"{core}.multiarray", "_reconstruct")] = multiarray._reconstruct
-        allowed[(f"{core}.multiarray", "scalar")] = multiarray.scalar
-        allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
-    allowed[("numpy", "ndarray")] = np.ndarray
-    allowed[("numpy", "dtype")] = np.dtype
-    allowed[("_codecs", "encode")] = _latin1_encode
-    return allowed
+
+def _safe_dtype(*args: Any) -> np.dtype:
+    dtype = np.dtype(*args)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refusing an object array: a Haiku weights file holds numeric arrays")
+    return dtype
 
 
 class _ArraysOnlyUnpickler(pickle.Unpickler):
-    """Rebuilds dicts, strings, numbers and numpy arrays; refuses every other global."""
+    """Rebuilds dicts, strings, numbers and numpy arrays; refuses every other global.
 
-    _allowed = _numpy_globals()
+    Haiku's mappings (``FlatMapping``; ``frozendict`` in older versions) and
+    ``collections.OrderedDict`` are read as plain dicts without importing Haiku. dill writes
+    numpy's C functions as ``dill._dill._get_attr(dill._dill._import_module(module), name)``;
+    those two helpers are answered only for the numpy functions allowed here. Every object the
+    file builds is charged to a :class:`_Budget` of the file's size.
+    """
+
+    def __init__(self, file: IO[bytes], file_size: int):
+        super().__init__(file)
+        self.budget = _Budget(file_size)
+        self._allowed = self._globals()
+
+    def _globals(self) -> dict[tuple[str, str], Any]:
+        from numpy._core import multiarray, numeric  # numpy >= 2; older pickles name numpy.core
+
+        def encode(text: str, encoding: str = "latin1") -> bytes:
+            """``_codecs.encode`` as protocol-2 pickles use it for bytes, and nothing else."""
+            if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+                raise pickle.UnpicklingError("refusing _codecs.encode other than str -> latin1")
+            self.budget.charge(len(text), "_codecs.encode")
+            return text.encode("latin1")
+
+        def ndarray(shape: Any, dtype: Any = float) -> np.ndarray:
+            self.budget.charge(_array_bytes(shape, dtype), f"ndarray{shape!r}")
+            return np.ndarray(shape, _safe_dtype(dtype))
+
+        def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
+            if subtype is not ndarray:
+                raise pickle.UnpicklingError("refusing an array of a type other than numpy.ndarray")
+            self.budget.charge(_array_bytes(shape, dtype), f"an array of shape {shape!r}")
+            return multiarray._reconstruct(np.ndarray, shape, _safe_dtype(dtype))
+
+        def scalar(dtype: Any, *data: Any) -> Any:
+            return multiarray.scalar(_safe_dtype(dtype), *data)
+
+        allowed: dict[tuple[str, str], Any] = {}
+        for core in ("numpy.core", "numpy._core"):
+            for module in (f"{core}.multiarray", f"{core}._multiarray_umath"):
+                allowed[(module, "_reconstruct")] = reconstruct
+                allowed[(module, "scalar")] = scalar
+            allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+        allowed[("numpy", "ndarray")] = ndarray
+        allowed[("numpy", "dtype")] = _safe_dtype
+        allowed[("_codecs", "encode")] = encode
+        for container in _HAIKU_MAPPINGS:
+            allowed[container] = _plain_dict
+        allowed[("dill._dill", "_import_module")] = _DillModule
+        allowed[("dill._dill", "_get_attr")] = self._dill_get_attr
+        return allowed
+
+    def _dill_get_attr(self, module: Any, name: Any) -> Any:
+        if not isinstance(module, _DillModule):
+            raise pickle.UnpicklingError("refusing dill._dill._get_attr on anything but an allowed module")
+        return self.find_class(module.name, name)
 
     def find_class(self, module: str, name: str) -> Any:
         try:
             return self._allowed[(module, name)]
-        except KeyError:
+        except (KeyError, TypeError):
             raise pickle.UnpicklingError(
                 f"refusing to load global {module}.{name}: a Haiku weights file holds only dicts of "
                 "numpy arrays, and loading anything else could run code from the file") from None
@@ -83,14 +153,41 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("refusing a persistent id: not a Haiku weights pickle")
 
 
+# The mapping types a Haiku parameter tree has been pickled as: Haiku's own (their __reduce__
+# is (type, (dict,))) and OrderedDict (reduced to (OrderedDict, ()) plus its items).
+_HAIKU_MAPPINGS = (("haiku._src.data_structures", "FlatMapping"), ("haiku._src.data_structures", "frozendict"),
+                   ("collections", "OrderedDict"))
+
+
+def _plain_dict(*args: Any) -> dict:
+    if len(args) > 1 or (args and not isinstance(args[0], dict)):
+        raise pickle.UnpicklingError("a Haiku mapping is rebuilt from one dict")
+    return dict(*args)
+
+
+class _DillModule:
+    """What ``dill._dill._import_module(name)`` gives here: a name, never an imported module."""
+
+    def __init__(self, name: Any):
+        if not isinstance(name, str):
+            raise pickle.UnpicklingError("dill._dill._import_module needs a module name")
+        self.name = name
+
+
 def load_haiku_params(path: str | os.PathLike) -> HaikuTree:
-    """Read a DeepMind ``F*_haiku.npz`` pickle without letting it run code."""
+    """Read a DeepMind ``F*_haiku.npz`` pickle without letting it run code.
+
+    Any file that is not such a pickle (malformed, truncated, refused, or asking for more
+    memory than its size accounts for) raises :class:`CheckpointError`.
+    """
     try:
         with open(path, "rb") as f:
-            tree = _ArraysOnlyUnpickler(f).load()
+            tree = _ArraysOnlyUnpickler(f, os.fstat(f.fileno()).st_size).load()
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: not a Haiku weights pickle, refused ({e}).") from e
-    except (EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError) as e:
+    except OSError:
+        raise
+    except Exception as e:  # noqa: BLE001  any other failure of the unpickler is a malformed file
         raise CheckpointError(
             f"{path}: cannot be read as a Haiku weights pickle ({type(e).__name__}: {e}); "
             "the file is truncated or not a DeepMind NFNet release.") from e
@@ -100,8 +197,9 @@ def load_haiku_params(path: str | os.PathLike) -> HaikuTree:
 
 def _check_tree(tree: Any, path: str | os.PathLike) -> None:
     if not isinstance(tree, dict) or not all(
-            isinstance(params, dict) and all(isinstance(v, np.ndarray) for v in params.values())
-            for params in tree.values()):
+            isinstance(module, str) and isinstance(params, dict)
+            and all(isinstance(p, str) and isinstance(v, np.ndarray) for p, v in params.items())
+            for module, params in tree.items()):
         raise CheckpointError(f"{path}: not a Haiku weights tree ({{module_path: {{param: ndarray}}}}).")
     bad = [f"{m}/{p}" for m, params in tree.items() for p, v in params.items() if v.dtype.kind != "f"]
     if bad:

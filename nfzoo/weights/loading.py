@@ -24,10 +24,11 @@ from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
 from timm.models import resolve_pretrained_cfg
 
+from ..atomic_files import atomic_path
 from ..timm_private import hf_split, pretrained_source
 from .state_dict_fit import check_fits
 from .errors import CheckpointError
-from .files import atomic_path, check_readable, check_sha256
+from .files import check_readable, check_sha256
 from .manifest import Checkpoint, manifest
 
 __all__ = ["resolve_pretrained_file", "fitting_filter", "HF_WEIGHTS_FILES"]
@@ -99,13 +100,17 @@ def _check(path: Path, expected: str | None, entry: Checkpoint | None) -> None:
 
 
 def _check_or_evict(path: Path, expected: str | None, entry: Checkpoint | None) -> None:
-    """Check a cached file; if it is bad, remove it (and its Hub blob) from the cache."""
+    """Check a cached file; if it is bad, remove it from the cache: the entry itself, and the
+    file it links to only when that lies inside the same cache (the Hub's blob), never a file
+    of the user's elsewhere."""
     try:
         _check(path, expected, entry)
     except CheckpointError as e:
-        blob = Path(os.path.realpath(path))
+        target = Path(os.path.realpath(path))
+        root = next((p.parent for p in path.parents if p.name == "snapshots"), path.parent)  # Hub: the repo folder
         path.unlink(missing_ok=True)
-        blob.unlink(missing_ok=True)
+        if target.is_relative_to(os.path.realpath(root)):
+            target.unlink(missing_ok=True)
         raise type(e)(f"{e} It has been removed from the cache; run again to download it afresh.") from None
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import timm
 from huggingface_hub import HfApi
 from timm.models._hub import save_config_for_hf
 
+from ..atomic_files import atomic_dir
 from .convert import RECORD_FILE, WEIGHTS_FILE
 from .files import sha256_file
 from .manifest import Checkpoint, checkpoint, paper
@@ -54,17 +54,11 @@ def write_repo(
     record = _record(weights_dir)
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
 
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".partial", dir=out_dir.parent))
-    try:
+    with atomic_dir(out_dir) as tmp:
         shutil.copyfile(weights, tmp / WEIGHTS_FILE)
         save_config_for_hf(model, tmp / "config.json")
         card = model_card(entry, record, measured, num_params=sum(p.numel() for p in model.parameters()))
         (tmp / "README.md").write_text(card)
-        _replace_dir(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -74,17 +68,6 @@ def _record(weights_dir: Path) -> dict:
     if path.is_file():
         return json.loads(path.read_text())
     return {"sha256": sha256_file(weights_dir / WEIGHTS_FILE)}
-
-
-def _replace_dir(new: Path, dest: Path) -> None:
-    if dest.exists():
-        old = dest.with_name(f".{dest.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        os.replace(dest, old)
-        os.replace(new, dest)
-        shutil.rmtree(old)
-    else:
-        os.replace(new, dest)
 
 
 def _percent(value: float | None) -> str:

@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from .errors import CheckpointError
 
-__all__ = ["check_fits"]
+__all__ = ["check_fits", "check_values"]
 
 
 def check_fits(
@@ -50,6 +50,31 @@ def check_fits(
         raise CheckpointError(
             f"{source} does not fit {_model_name(model)}: {'; '.join(parts)}. "
             f"It is a checkpoint for another model (or another variant of this one).{summary}")
+    check_values({k: given[k] for k in target if k in given}, target, source)
+
+
+def _kind(dtype: torch.dtype) -> str:
+    if dtype == torch.bool:
+        return "bool"
+    return "complex" if dtype.is_complex else "float" if dtype.is_floating_point else "integer"
+
+
+def check_values(given: dict[str, torch.Tensor], target: dict[str, torch.Tensor], source: str) -> None:
+    """Raise :class:`CheckpointError` when a tensor's dtype cannot be its parameter's (an int8
+    or bool tensor for a float weight would be cast silently by ``load_state_dict``), or when a
+    floating tensor holds NaN or infinity (a damaged file, or a diverged run)."""
+    kinds = sorted(f"{k} ({v.dtype} for {target[k].dtype})" for k, v in given.items()
+                   if _kind(v.dtype) != _kind(target[k].dtype))
+    if kinds:
+        raise CheckpointError(
+            f"{source}: {len(kinds)} tensor(s) have a dtype the model's cannot take: {', '.join(kinds[:4])}"
+            f"{', ...' if len(kinds) > 4 else ''}. The file is damaged or not weights for this model.")
+    bad = sorted(f"{k} ({int((~torch.isfinite(v)).sum())} of {v.numel()})" for k, v in given.items()
+                 if v.is_floating_point() and not bool(torch.isfinite(v).all()))
+    if bad:
+        raise CheckpointError(
+            f"{source}: non-finite values (NaN or infinity) in {len(bad)} tensor(s): {', '.join(bad[:4])}"
+            f"{', ...' if len(bad) > 4 else ''}. The file is damaged, or the run that wrote it diverged.")
 
 
 def _model_name(model: nn.Module) -> str:

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import TensorDataset
 
-from ..checkpoint import atomic_open
+from ...atomic_files import atomic_open
 from ..config import TrainConfig
 from ..data import fashion_mnist
 from ..metrics_log import read_metrics

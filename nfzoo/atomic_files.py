@@ -1,0 +1,209 @@
+"""Atomic file writes: the one place where nfzoo writes an output file or folder.
+
+Every writer goes through a temporary file (or folder) in the target's own folder, named
+``.<target>.<host>-<pid>-<random>.partial``. On success it is flushed to disk (fsync), given
+the mode an ordinary new file gets under the user's umask, and renamed onto the target in one
+step (``os.replace``); on any error it is removed and the target is left as it was. A reader
+therefore sees the old file or the new one, never a half-written one.
+
+A process killed mid-write cannot clean up after itself: the next write to the same target
+removes the temporaries that dead processes of this host left behind (:func:`remove_stale_temporaries`).
+
+A full disk (``ENOSPC``, or a quota's ``EDQUOT``) is reported as :class:`DiskFullError`, which
+names the file and says what to do.
+"""
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import re
+import shutil
+import socket
+import tempfile
+from pathlib import Path
+from typing import IO, Iterator, Mapping
+
+__all__ = ["DiskFullError", "atomic_path", "atomic_open", "write_atomic", "write_files_atomic", "atomic_dir",
+           "remove_stale_temporaries"]
+
+_SUFFIX = ".partial"
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class DiskFullError(OSError):
+    """No space was left on the device (or in the quota) while writing a file; nothing was replaced."""
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _host() -> str:
+    return re.sub(r"[^A-Za-z0-9_.]", "_", socket.gethostname()) or "host"
+
+
+def _prefix(path: Path) -> str:
+    return f".{path.name}.{_host()}-{os.getpid()}-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
+    """Remove the temporaries of writes to ``path`` whose process (on this host) no longer runs.
+
+    Temporaries of live processes, and of other hosts sharing the folder, are left alone.
+    Returns what was removed.
+    """
+    path = Path(path)
+    if not path.parent.is_dir():
+        return []
+    pattern = re.compile(rf"^\.{re.escape(path.name)}\.(?P<host>.+)-(?P<pid>\d+)-[A-Za-z0-9_]+{re.escape(_SUFFIX)}$")
+    removed = []
+    for entry in path.parent.iterdir():
+        m = pattern.match(entry.name)
+        if m is None or m["host"] != _host() or _pid_alive(int(m["pid"])):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _is_disk_full(error: BaseException) -> bool:
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        if isinstance(error, OSError) and error.errno in _DISK_FULL:
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _disk_full(path: Path, error: BaseException) -> DiskFullError:
+    return DiskFullError(
+        errno.ENOSPC,
+        f"no space left on the device while writing {path} ({error}). Free some space on that disk "
+        f"(or write somewhere else) and run again; {path} was left as it was and no partial file remains")
+
+
+def _fsync_dir(folder: Path) -> None:
+    with contextlib.suppress(OSError):  # not every file system lets a folder be opened or synced
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+@contextlib.contextmanager
+def _temporary(path: Path, make_dir: bool = False) -> Iterator[Path]:
+    """A fresh temporary file (or folder) for ``path``, removed if the block fails; disk-full
+    errors become :class:`DiskFullError`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(path)
+    if make_dir:
+        tmp = Path(tempfile.mkdtemp(prefix=_prefix(path), suffix=_SUFFIX, dir=path.parent))
+    else:
+        fd, name = tempfile.mkstemp(prefix=_prefix(path), suffix=_SUFFIX, dir=path.parent)
+        os.close(fd)
+        tmp = Path(name)
+    try:
+        yield tmp
+    except BaseException as e:
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
+        if _is_disk_full(e):
+            raise _disk_full(path, e) from e
+        raise
+
+
+def _finish_file(tmp: Path) -> None:
+    """fsync ``tmp`` and give it an ordinary file's mode (mkstemp makes it private)."""
+    with open(tmp, "rb+") as f:
+        os.fsync(f.fileno())
+    os.chmod(tmp, 0o666 & ~_umask())
+
+
+def _replace(tmp: Path, path: Path) -> None:
+    os.replace(tmp, path)
+    _fsync_dir(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path next to ``path`` for a writer that wants a file name; when the
+    block succeeds the file replaces ``path`` in one step."""
+    path = Path(path)
+    with _temporary(path) as tmp:
+        yield tmp
+        _finish_file(tmp)
+        _replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "wb") -> Iterator[IO]:
+    """:func:`atomic_path`, opened for writing (``"wb"`` or ``"w"``)."""
+    if mode not in ("wb", "w"):
+        raise ValueError(f"atomic_open writes a new file: mode must be 'wb' or 'w', not {mode!r}")
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+
+
+def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically."""
+    with atomic_open(path, "wb") as f:
+        f.write(data.encode() if isinstance(data, str) else data)
+
+
+def write_files_atomic(files: Mapping[str | os.PathLike, bytes | str]) -> None:
+    """Write several files so that a failure while writing any of them replaces none.
+
+    All of them are written to temporaries first; only when every one is complete on disk are
+    they renamed into place (renames need no space). A kill during those few renames can
+    still leave some files new and some old.
+    """
+    with contextlib.ExitStack() as stack:
+        temporaries = []
+        for path, data in files.items():
+            tmp = stack.enter_context(_temporary(Path(path)))
+            with open(tmp, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
+            _finish_file(tmp)
+            temporaries.append((tmp, Path(path)))
+        for tmp, path in temporaries:
+            _replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary folder next to ``path`` to fill; when the block succeeds it replaces
+    ``path`` (an existing folder there is moved aside, then deleted)."""
+    path = Path(path)
+    with _temporary(path, make_dir=True) as tmp:
+        yield tmp
+        for f in tmp.rglob("*"):
+            if f.is_file():
+                _finish_file(f)
+        os.chmod(tmp, 0o777 & ~_umask())
+        if path.exists():
+            with _temporary(path, make_dir=True) as old:
+                os.replace(path, old / path.name)
+                _replace(tmp, path)
+                shutil.rmtree(old)
+        else:
+            _replace(tmp, path)
