@@ -446,7 +446,7 @@ def _cfg(name: str) -> dict[str, Any]:
     size = dict(input_size=(3, train, train), pool_size=(train // 32, train // 32))
     if name == "nfnet_f7":
         return nf_pretrained_cfg(
-            url="", test_input_size=(3, test, test), crop_pct=test / (test + 32),
+            url="", test_input_size=(3, test, test), crop_pct=test / (test + 32), crop_mode="squash",
             paper_ids="arXiv:2102.06171", license="apache-2.0",
             notes=("DeepMind released no NFNet-F7 weights (F0-F6 only); nfnet_f7 is architecture only.",),
             **size)

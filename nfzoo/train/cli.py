@@ -76,7 +76,9 @@ def _datasets(args: argparse.Namespace, model_name: str, kwargs: dict) -> tuple[
     model = timm.create_model(model_name, num_classes=len(train_set.classes), **kwargs)
     data_cfg = resolve_data_config({"input_size": (3, args.img_size, args.img_size)} if args.img_size else {}, model=model)
     train_set.transform = create_transform(**data_cfg, is_training=True)
-    eval_set = ImageFolder(f"{args.data_dir}/val", transform=create_transform(**resolve_data_config({}, model=model)))
+    # validation at the test size (NFNets: larger than the train size), as the weights were evaluated
+    eval_cfg = resolve_data_config({}, model=model, use_test_size=True)
+    eval_set = ImageFolder(f"{args.data_dir}/val", transform=create_transform(**eval_cfg))
     if args.train_limit is not None:
         train_set = torch.utils.data.Subset(train_set, range(min(args.train_limit, len(train_set))))
     return model, train_set, eval_set
