@@ -242,7 +242,7 @@ def test_nfnet_f0_fast_path_and_fuse():
     # NFNet blocks: transition shortcut, extra conv, squeeze-excite
     ("nfnet_f0", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16, group_width=16)),
     # NF-ResNet blocks: ReLU, no SE, no extra conv, strided-conv shortcut
-    ("nf_resnet152", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16)),
+    ("dm_nf_resnet152", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16)),
 ])
 def test_nfnet_folded_inference_equals_training_path(variant, kwargs, monkeypatch):
     """Eval-mode inference folds gamma, beta, alpha and the skip gain out of the activations;
