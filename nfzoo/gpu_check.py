@@ -35,7 +35,7 @@ import nfzoo
 
 from .benchmark import (BenchConfig, _autocast, _bench_agc, _forward_flops, _inputs, _train_step_fn,
                         build_models, device_peak_tflops, peak_step_memory, speedups, time_rounds)
-from .evaluation.results import atomic_path
+from .atomic_files import atomic_path
 
 __all__ = ["CheckConfig", "TARGETS", "target_verdicts", "format_markdown", "run", "main"]
 

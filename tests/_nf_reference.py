@@ -25,7 +25,8 @@ def tf_same_pad(x: torch.Tensor, k: int, s: int, value: float = 0.0) -> torch.Te
 
 
 def ws_conv(x, sd, name, stride=1):
-    """haiku WSConv2D: scale = gain * rsqrt(max(var * fan_in, 1e-4)); w * scale - mean * scale."""
+    """haiku WSConv2D: scale = gain * rsqrt(max(var * fan_in, 1e-4)); w * scale - mean * scale;
+    then the bias, which WSConv2D always adds (whatever ``with_bias`` says)."""
     w = sd[name + ".weight"]
     fan_in = w[0].numel()
     mean = w.mean((1, 2, 3), keepdim=True)
@@ -33,7 +34,7 @@ def ws_conv(x, sd, name, stride=1):
     scale = torch.rsqrt(torch.clamp(var * fan_in, min=1e-4)) * sd[name + ".gain"]
     w_hat = w * scale - mean * scale
     groups = x.shape[1] // w.shape[1]
-    return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w_hat, sd.get(name + ".bias"), stride, groups=groups)
+    return F.conv2d(tf_same_pad(x, w.shape[-1], stride), w_hat, sd[name + ".bias"], stride, groups=groups)
 
 
 def avg_pool_same(x):
@@ -51,10 +52,12 @@ def betas(depths, alpha=0.2):
     return out
 
 
-def block(x, sd, p, stride, beta, act, avg_down, alpha=0.2):
+def block(x, sd, p, stride, beta, act, nfnet, project, alpha=0.2):
+    """One block; ``nfnet`` adds NFNet's avg-pool shortcut, second 3x3 conv and SE; ``project``:
+    the block changes shape (every stage's first block in both families) and has a conv shortcut."""
     out = act(x) * beta
-    if p + ".downsample.conv.weight" in sd:
-        if avg_down and stride > 1:
+    if project:
+        if nfnet and stride > 1:
             shortcut = ws_conv(avg_pool_same(out), sd, p + ".downsample.conv")
         else:
             shortcut = ws_conv(out, sd, p + ".downsample.conv", stride)
@@ -62,10 +65,10 @@ def block(x, sd, p, stride, beta, act, avg_down, alpha=0.2):
         shortcut = x
     out = ws_conv(out, sd, p + ".conv1")
     out = ws_conv(act(out), sd, p + ".conv2", stride)
-    if p + ".conv2b.weight" in sd:
+    if nfnet:
         out = ws_conv(act(out), sd, p + ".conv2b")
     out = ws_conv(act(out), sd, p + ".conv3")
-    if p + ".attn_last.fc1.weight" in sd:
+    if nfnet:
         h = out.mean((2, 3))
         h = F.relu(h @ sd[p + ".attn_last.fc1.weight"].flatten(1).T + sd[p + ".attn_last.fc1.bias"])
         h = torch.sigmoid(h @ sd[p + ".attn_last.fc2.weight"].flatten(1).T + sd[p + ".attn_last.fc2.bias"])
@@ -81,7 +84,7 @@ def nfnet_logits(x, sd, depths):
     x = ws_conv(act(x), sd, "stem.conv2")
     x = ws_conv(act(x), sd, "stem.conv3")
     x = ws_conv(act(x), sd, "stem.conv4", 2)
-    return _body_head(x, sd, depths, act, avg_down=True, final_conv=True)
+    return _body_head(x, sd, depths, act, nfnet=True)
 
 
 def nf_resnet_logits(x, sd, depths):
@@ -89,15 +92,15 @@ def nf_resnet_logits(x, sd, depths):
     act = ACT["relu"]
     x = ws_conv(x, sd, "stem.conv", 2)
     x = F.max_pool2d(tf_same_pad(x, 3, 2, value=-math.inf), 3, 2)
-    return _body_head(x, sd, depths, act, avg_down=False, final_conv=False)
+    return _body_head(x, sd, depths, act, nfnet=False)
 
 
-def _body_head(x, sd, depths, act, avg_down, final_conv):
+def _body_head(x, sd, depths, act, nfnet):
     bs = iter(betas(depths))
     for s, depth in enumerate(depths):
         for i in range(depth):
-            x = block(x, sd, f"stages.{s}.{i}", 2 if s > 0 and i == 0 else 1, next(bs), act, avg_down)
-    if final_conv:
+            x = block(x, sd, f"stages.{s}.{i}", 2 if s > 0 and i == 0 else 1, next(bs), act, nfnet, project=i == 0)
+    if nfnet:  # NFNet's final 1x1 conv; NF-ResNet has none
         x = ws_conv(x, sd, "final_conv")
     pooled = act(x).mean((2, 3))
     return pooled @ sd["head.fc.weight"].T + sd["head.fc.bias"]

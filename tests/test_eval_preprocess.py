@@ -8,14 +8,16 @@ import pytest
 import timm
 import torch
 import torch.nn as nn
+from PIL import Image
 from timm.models import get_pretrained_cfg
 from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
+import nfzoo  # noqa: F401  (registers the NFNets' pretrained cfgs)
 from eval_helpers import MEAN, STD, random_image
 from nfzoo.evaluation import eval_data_config, eval_transform
 from nfzoo.evaluation.sources import open_source
-from nfzoo.weights.manifest import pretrained_cfg
+from nfzoo.weights.manifest import manifest, pretrained_cfg
 
 
 class CfgOnly(nn.Module):
@@ -68,3 +70,32 @@ def test_manifest_cfg_center_crop_and_overrides(folder):
 def test_test_input_size_wins_over_train_size():
     cfg = eval_data_config(CfgOnly(get_pretrained_cfg("dm_nfnet_f3").to_dict()))
     assert cfg["input_size"] == (3, 416, 416) and cfg["crop_pct"] == 0.94 and cfg["crop_mode"] == "squash"
+
+
+def _deepmind_resize_then_crop(img: Image.Image, test_size: int) -> torch.Tensor:
+    """DeepMind's eval geometry (nfnets/dataset.py, _decode_and_resize_then_crop with 32 px of
+    padding), with PIL's bicubic: the whole image to a (test + 32) square, then the crop at
+    offset ((scale - test) + 1) // 2; then ImageNet normalization."""
+    scale = test_size + 32
+    top = left = ((scale - test_size) + 1) // 2
+    squashed = img.resize((scale, scale), Image.BICUBIC)
+    crop = np.asarray(squashed.crop((left, top, left + test_size, top + test_size)), dtype=np.float32) / 255
+    return torch.from_numpy((crop - np.array(MEAN, np.float32)) / np.array(STD, np.float32)).permute(2, 0, 1)
+
+
+NFNET_NAMES = sorted(n for n in manifest() if n.startswith("nfnet_")) + ["nfnet_f7"]
+
+
+@pytest.mark.parametrize("name", NFNET_NAMES)
+def test_nfnet_eval_is_deepminds_squash_at_the_test_size(name):
+    """Harness and timm (use_test_size=True) both give DeepMind's resize-then-crop on a
+    non-square image, at the variant's test size."""
+    model = CfgOnly(timm.models.get_pretrained_cfg(name).to_dict())
+    test_size = model.pretrained_cfg["test_input_size"][-1]
+    img = random_image(np.random.default_rng(1), (150, 97))
+    expected = _deepmind_resize_then_crop(img, test_size)
+    harness = eval_transform(eval_data_config(model))(img)
+    timm_tf = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model, use_test_size=True))
+    assert expected.shape == (3, test_size, test_size)
+    torch.testing.assert_close(harness, expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(timm_tf(img), expected, rtol=0, atol=1e-6)

@@ -142,7 +142,7 @@ def shift_parameters(model, suffixes, noise):
     # NFNet blocks: transition shortcut, extra conv, squeeze-excite, deep stem with gammas
     ("nfnet_f0", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16, group_width=16), nfnet_logits),
     # NF-ResNet blocks: ReLU, no SE, no extra conv, strided-conv shortcut, 7x7 stem
-    ("nf_resnet152", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16), nf_resnet_logits),
+    ("dm_nf_resnet152", dict(depths=(1, 2, 1, 1), widths=(32, 64, 64, 64), stem_width=16), nf_resnet_logits),
 ])
 def test_fused_nf_models_equal_deepminds_equations(variant, kwargs, reference_logits):
     """The fused network (gammas, beta, alpha, skip gains and the SE's 2 folded into convs and the

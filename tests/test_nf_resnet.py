@@ -1,4 +1,7 @@
-"""NF-ResNet-152/200/288: DeepMind's architecture, sizes, naming policy and interface."""
+"""NF-ResNets: DeepMind's six depths, architecture, sizes, naming policy and interface."""
+import re
+from pathlib import Path
+
 import pytest
 import timm
 import torch
@@ -8,57 +11,66 @@ from torchvision.models.resnet import Bottleneck, ResNet
 import nfzoo  # noqa: F401  (registers the models)
 from _nf_reference import nf_resnet_logits
 from nfzoo.models._checkpoint_filter import checkpoint_filter_fn
-from nfzoo.models.nf_resnet import nf_resnet_cfg
-from nfzoo.models.nfnet import NFNet
 
-DEPTHS = {"nf_resnet152": (3, 8, 36, 3), "nf_resnet200": (3, 24, 36, 3), "nf_resnet288": (24, 24, 24, 24)}
+# DeepMind's release, nfnets/nf_resnet.py (NF_ResNet.variant_dict): stage depths per variant.
+DEEPMIND_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3),
+                   200: (3, 24, 36, 3), 288: (24, 24, 24, 24), 600: (50, 50, 50, 50)}
+NAMES = {f"dm_nf_resnet{d}": depths for d, depths in DEEPMIND_DEPTHS.items()}
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 
 
-@pytest.mark.parametrize("name", sorted(DEPTHS))
+def _count(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(NAMES))
 def test_size_is_torchvisions_resnet_with_gains_for_norms(name):
-    """Each BN of torchvision's ResNet becomes a conv bias + gain (same count); the stem conv has
-    a gain but no bias (-64), and every block has a skip gain."""
+    """Each BN of torchvision's ResNet (weight and bias) becomes a WS conv's gain and bias, the
+    stem's included; every block adds a skip gain. The docs state the count."""
     with torch.device("meta"):
         ours = timm.create_model(name)
-        theirs = ResNet(Bottleneck, list(DEPTHS[name]))
-    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
-    assert count(ours) == count(theirs) - 64 + sum(DEPTHS[name])
+        theirs = ResNet(Bottleneck, list(NAMES[name]))
+    assert _count(ours) == _count(theirs) + sum(NAMES[name])
     assert [i["num_chs"] for i in ours.feature_info] == [64, 256, 512, 1024, 2048]
     assert [i["reduction"] for i in ours.feature_info] == [2, 4, 8, 16, 32]
+    documented = re.search(rf"^\| `{name}` \| [^|]+ \| ([\d,]+) \|", DOCS.read_text(), re.M)
+    assert documented is not None, f"docs/models.md has no parameter count for {name}"
+    assert int(documented.group(1).replace(",", "")) == _count(ours)
 
 
 def test_timm_names_with_weights_are_not_replaced():
     with_weights = {n.split(".")[0] for n in timm.list_models(pretrained=True)}
-    assert not set(DEPTHS) & with_weights
+    assert not set(NAMES) & with_weights
     assert timm.models.model_entrypoint("nf_resnet50").__module__ == "timm.models.nfnet"
-    assert {"nf_resnet152", "nf_resnet200", "nf_resnet288"} <= set(timm.list_models("nf_resnet*"))
+    assert set(timm.list_models("dm_nf_resnet*")) == set(NAMES)
 
 
+@pytest.mark.parametrize("name", sorted(NAMES))
 @torch.no_grad()
-def test_forward_is_deepminds_equations():
-    """A shallow NF-ResNet (same block, stem and head as the registered ones) against the
-    reference of DeepMind's nf_resnet.py, random weights with every parameter perturbed."""
-    depths = (2, 1, 2, 1)
-    model = NFNet(nf_resnet_cfg(depths)).eval()
+def test_forward_is_deepminds_equations(name):
+    """Each registered depth (narrowed to keep it fast: the depths, blocks, stem and head are
+    the registered model's) against the float64 reference of DeepMind's nf_resnet.py, with every
+    parameter perturbed (biases, the stem's included, gains and skip gains non-trivial)."""
+    model = timm.create_model(name, num_classes=7, widths=(16, 32, 48, 64), stem_width=8).double().eval()
     gen = torch.Generator().manual_seed(0)
-    sd = {k: torch.randn(v.shape, generator=gen) * (0.5 if v.ndim == 0 else 0.1) + k.endswith(".gain")
-          for k, v in model.state_dict().items()}
+    sd = {k: torch.randn(v.shape, generator=gen, dtype=torch.float64) * (0.5 if v.ndim == 0 else 0.1)
+          + k.endswith(".gain") for k, v in model.state_dict().items()}
     model.load_state_dict(checkpoint_filter_fn(sd, model))
-    x = torch.randn(2, 3, 45, 38, generator=gen)
-    expected = nf_resnet_logits(x, sd, depths)
-    assert (model(x) - expected).abs().max() < 1e-4 * expected.abs().max()
+    x = torch.randn(2, 3, 45, 38, generator=gen, dtype=torch.float64)
+    expected = nf_resnet_logits(x, sd, NAMES[name])
+    torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item())
 
 
 def test_interface():
-    model = timm.create_model("nf_resnet152", features_only=True, out_indices=(1, 4), pretrained=False).eval()
+    model = timm.create_model("dm_nf_resnet50", features_only=True, out_indices=(1, 4), pretrained=False).eval()
     assert model.feature_info.channels() == [256, 2048]
     with torch.no_grad():
         assert [f.shape[-1] for f in model(torch.randn(1, 3, 64, 64))] == [16, 2]
     with torch.device("meta"):
-        clf = timm.create_model("nf_resnet200", num_classes=3, drop_rate=0.3)
+        clf = timm.create_model("dm_nf_resnet200", num_classes=3, drop_rate=0.3)
     assert clf.get_classifier().out_features == 3 and clf.head.drop.p == 0.3
-    assert clf.pretrained_cfg["first_conv"] == "stem.conv" and not clf.stem.conv.bias
+    assert clf.pretrained_cfg["first_conv"] == "stem.conv" and clf.stem.conv.bias is not None
     assert isinstance(clf.final_conv, nn.Identity)
     with pytest.raises(RuntimeError, match="No pretrained weights exist"):
         with torch.device("meta"):
-            timm.create_model("nf_resnet288", pretrained=True)
+            timm.create_model("dm_nf_resnet288", pretrained=True)

@@ -64,7 +64,7 @@ def test_listing_and_tags():
     with torch.device("meta"):
         model = timm.create_model("nfnet_f1.dm_in1k")
     assert model.pretrained_cfg["tag"] == "dm_in1k" and model.pretrained_cfg["architecture"] == "nfnet_f1"
-    assert nfzoo.ZOO_MODELS >= {"nfnet_f0", "nf_resnet152", "nf_resnet200", "nf_resnet288"}
+    assert nfzoo.ZOO_MODELS >= {"nfnet_f0", "dm_nf_resnet50", "dm_nf_resnet152", "dm_nf_resnet600"}
 
 
 def test_policy_refuses_to_replace_a_timm_model_with_weights():

@@ -177,8 +177,10 @@ def test_release_numerics():
     assert len(convs) == 53 and all(isinstance(m, WSConv2d) and m.eps_in == "std" for m in convs)
     assert all(m.eps_in == "var" for m in bcn.modules() if isinstance(m, WSConv2d))
     assert all(m.num_groups == 32 for m in gn.modules() if isinstance(m, torch.nn.GroupNorm))
-    # zero-init of the last norm of each BCN block, as the authors' ResNets do
+    # the BCN+WS release zero-initialises each block's last norm weight; the GN+WS release does not
     assert all(not block.bn3.weight.any() for layer in (bcn.layer1, bcn.layer4) for block in layer)
+    assert all((block.bn3.weight == 1).all() for layer in (gn.layer1, gn.layer4) for block in layer)
+    assert all((block.bn2.weight == 1).all() for layer in (bcn.layer1, bcn.layer4) for block in layer)
 
 
 @pytest.mark.parametrize("norm, norm_type, conv_type", [

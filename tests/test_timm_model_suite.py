@@ -14,8 +14,8 @@ from timm.models import get_notrace_functions, get_notrace_modules
 
 import nfzoo
 
-FAMILIES = ["nfnet_f0", "nf_resnet152", "resnet50_gn_ws", "resnext50_32x4d_gn_ws", "resnet50_bcn_ws"]
-SMALL = dict(nfnet_f0=dict(depths=(1, 1, 1, 1)), nf_resnet152=dict(depths=(1, 1, 1, 1)))
+FAMILIES = ["nfnet_f0", "dm_nf_resnet152", "resnet50_gn_ws", "resnext50_32x4d_gn_ws", "resnet50_bcn_ws"]
+SMALL = dict(nfnet_f0=dict(depths=(1, 1, 1, 1)), dm_nf_resnet152=dict(depths=(1, 1, 1, 1)))
 SIZE = 64
 
 

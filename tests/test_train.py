@@ -95,7 +95,7 @@ def test_training_lowers_the_loss(tmp_path):
 
 def test_recipe_parameter_groups_and_agc_scope(tmp_path):
     model = TinyNet()
-    opt = build_optimizer(model, TrainConfig(weight_decay=2e-5, base_lr=0.1, batch_size=512), world_size=2)
+    opt = build_optimizer(model, TrainConfig(weight_decay=2e-5, base_lr=0.1, batch_size=1024))
     decay = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
     assert decay == {id(model.conv.weight), id(model.conv2.weight), id(model.fc.weight)}
     assert id(model.conv.gain) not in decay and id(model.norm.rho) not in decay
@@ -259,12 +259,12 @@ def test_micro_batches_accumulate_the_full_batch_gradient(tmp_path):
 
 
 def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path, one_thread):
-    """DDP on Gloo: 2 ranks x batch 8 train a normalizer-free net exactly like 1 x batch 16."""
+    """DDP on Gloo: 2 ranks sharing the global batch 16 train a normalizer-free net exactly like 1 rank."""
     write_fake_fashion_mnist(tmp_path)
     common = ["--model", "test_nfnet", "--data-dir", str(tmp_path), "--epochs", "1", "--lr", "0.1",
               "--warmup-epochs", "0", "--ema-decay", "none", "--no-progress", "--eval-every", "0"]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-                          "-m", "nfzoo.train", *common, "--batch-size", "8", "--output-dir", str(tmp_path / "ddp")],
+                          "-m", "nfzoo.train", *common, "--batch-size", "16", "--output-dir", str(tmp_path / "ddp")],
                          env=one_thread, capture_output=True, text=True, timeout=600)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     from nfzoo.train.train_cli import main

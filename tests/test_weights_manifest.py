@@ -52,4 +52,5 @@ def test_nfnet_eval_resizes_to_test_size_plus_32(name):
     cfg = resolve_data_config(pretrained_cfg=timm.models.get_pretrained_cfg(name).to_dict(), use_test_size=True)
     test_size = manifest()[name].test_size
     assert cfg["input_size"][-1] == test_size
-    assert create_transform(**cfg).transforms[0].size == test_size + 32
+    assert cfg["crop_mode"] == "squash"
+    assert tuple(create_transform(**cfg).transforms[0].size) == (test_size + 32,) * 2

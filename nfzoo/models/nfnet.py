@@ -204,9 +204,9 @@ def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: t
             layers[f"conv{i}"] = conv(in_chans, chs, 3, stride=stride)
             in_chans = chs
         return nn.Sequential(layers), dict(num_chs=64, reduction=2, module="stem.conv3"), 4
-    # NF-ResNet: 7x7/2 conv without bias, 3x3/2 SAME max-pool
+    # NF-ResNet: 7x7/2 conv (with a bias, as every WSConv2D of the release), 3x3/2 SAME max-pool
     stem = nn.Sequential(OrderedDict(
-        conv=conv(in_chans, cfg.stem_width, 7, stride=2, bias=False),
+        conv=conv(in_chans, cfg.stem_width, 7, stride=2),
         pool=create_pool2d("max", 3, stride=2, padding="same"),
     ))
     return stem, dict(num_chs=cfg.stem_width, reduction=2, module="stem.conv"), 0
@@ -444,7 +444,7 @@ def _cfg(name: str) -> dict[str, Any]:
     size = dict(input_size=(3, train, train), pool_size=(train // 32, train // 32))
     if name == "nfnet_f7":
         return nf_pretrained_cfg(
-            url="", test_input_size=(3, test, test), crop_pct=test / (test + 32),
+            url="", test_input_size=(3, test, test), crop_pct=test / (test + 32), crop_mode="squash",
             paper_ids="arXiv:2102.06171", license="apache-2.0",
             notes=("DeepMind released no NFNet-F7 weights (F0-F6 only); nfnet_f7 is architecture only.",),
             **size)

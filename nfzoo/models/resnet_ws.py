@@ -11,7 +11,8 @@ output_stride for dilated backbones, stochastic depth, gradient checkpointing).
 
 Numerics as released: WS divides by ``unbiased_std + 1e-5`` with GN, by
 ``sqrt(unbiased_var + 1e-5)`` with BCN; GN and BCN use 32 groups; BCN's group affine is per
-group; BCN blocks start with the last norm's weight at zero (timm's ``zero_init_last``).
+group; BCN+WS blocks start with the last norm's weight at zero (timm's ``zero_init_last``), GN+WS
+blocks do not, as in each release.
 """
 from __future__ import annotations
 
@@ -102,6 +103,13 @@ def _standardize_convs(module: nn.Module, conv_layer: Callable[..., nn.Conv2d]) 
         setattr(module, name, conv)
 
 
+# Whether each block's last norm weight starts at zero, as each release initialises it: the GN+WS
+# release (pytorch-classification, models/imagenet/resnet.py and resnext.py) keeps
+# ``zero_init_residual=False``; the BCN+WS release (Batch-Channel-Normalization,
+# imagenet/models/imagenet/resnet.py and resnext.py) sets it to True. Other norms: timm's default.
+_ZERO_INIT_LAST = {"gn_ws": False, "bcn_ws": True}
+
+
 class ResNetWS(ResNet):
     """timm's ResNet (v1.5, torchvision layout) with the convolutions and norms of a ``norm`` choice.
 
@@ -116,6 +124,7 @@ class ResNetWS(ResNet):
         check_model_args(type(self).__name__, kwargs)
         choice = get_norm(cfg.norm)
         _check_groups(cfg, choice, norm_groups)
+        kwargs.setdefault("zero_init_last", _ZERO_INIT_LAST.get(cfg.norm, True))
         super().__init__(
             Bottleneck, cfg.depths, cardinality=cfg.cardinality, base_width=cfg.base_width,
             norm_layer=choice.layer_factory(norm_groups), **kwargs)

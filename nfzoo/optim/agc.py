@@ -26,7 +26,9 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
+from torch.distributed.tensor import DTensor
 from torch.optim import Optimizer
 
 from .param_groups import agc_exempt_names
@@ -62,19 +64,54 @@ def _is_unitwise(t: torch.Tensor) -> bool:
     return sum(s > 1 for s in t.shape) > 1
 
 
-def _unit_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of every unit of every tensor, in float32, concatenated in order.
+def _local(t: torch.Tensor) -> torch.Tensor:
+    """The part of ``t`` this process holds: a DTensor's local shard (a view), else ``t``."""
+    return t.to_local() if isinstance(t, DTensor) else t
 
-    A unit-wise tensor contributes ``shape[0]`` norms, any other tensor one.
+
+def _cross_shard_groups(t: torch.Tensor, unitwise: bool) -> tuple[dist.ProcessGroup, ...]:
+    """The process groups over which a norm of ``t`` must be summed: the mesh dimensions that
+    shard a dim the norm reduces over. FSDP2 shards dim 0, the unit dim, so the unit norms of a
+    weight are local, while the whole-tensor norm of a gain, bias or skip gain is not."""
+    if not isinstance(t, DTensor):
+        return ()
+    groups = []
+    for mesh_dim, placement in enumerate(t.placements):
+        if placement.is_partial():
+            raise ValueError("adaptive_grad_clip_ needs reduced gradients, got a DTensor with a Partial placement")
+        if placement.is_shard() and not (unitwise and placement.dim == 0):
+            groups.append(t.device_mesh.get_group(mesh_dim))
+    return tuple(groups)
+
+
+def _unit_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """L2 norm of every unit of every tensor, in float32, concatenated in order (this process's
+    units: for a DTensor, those of its local shard, norms summed across the shards they span).
+
+    A unit-wise tensor (judged by its global shape) contributes one norm per unit it holds,
+    any other tensor one.
     """
+    unitwise = [_is_unitwise(t) for t in tensors]
+    local = [_local(t) for t in tensors]
     norms: list[torch.Tensor | None] = [None] * len(tensors)
-    whole = [i for i, t in enumerate(tensors) if not _is_unitwise(t)]
+    whole = [i for i, u in enumerate(unitwise) if not u]
     if whole:
-        for i, n in zip(whole, torch._foreach_norm([tensors[i] for i in whole], 2, dtype=torch.float32)):
+        for i, n in zip(whole, torch._foreach_norm([local[i] for i in whole], 2, dtype=torch.float32)):
             norms[i] = n.view(1)
-    for i, t in enumerate(tensors):
+    for i, t in enumerate(local):
         if norms[i] is None:
             norms[i] = torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float32)
+    by_groups: dict[tuple, list[int]] = {}
+    for i, (t, u) in enumerate(zip(tensors, unitwise)):
+        groups = _cross_shard_groups(t, u)
+        if groups:
+            by_groups.setdefault(groups, []).append(i)
+    for groups, indices in by_groups.items():  # one all-reduce of squared norms per set of groups
+        squares = torch.cat([norms[i] for i in indices]).square_()
+        for group in groups:
+            dist.all_reduce(squares, group=group)
+        for i, n in zip(indices, squares.sqrt_().split([len(norms[i]) for i in indices])):
+            norms[i] = n
     return torch.cat(norms)  # type: ignore[arg-type]
 
 
@@ -97,18 +134,18 @@ def adaptive_grad_clip_(parameters: Iterable[torch.Tensor], clip: float = 0.01, 
             raise ValueError("adaptive_grad_clip_ does not support sparse gradients")
         by_device.setdefault(p.grad.device, []).append(p)
     for group in by_device.values():
-        grads = [p.grad for p in group]
         max_norm = _unit_norms([p.detach() for p in group]).clamp_(min=eps).mul_(clip)
-        grad_norm = _unit_norms(grads)
+        grad_norm = _unit_norms([p.grad for p in group])
         clipped = grad_norm > max_norm
         factor = torch.where(clipped, max_norm / grad_norm.clamp_(min=GRAD_NORM_FLOOR), 1.0)
-        sizes = [g.shape[0] if _is_unitwise(g) else 1 for g in grads]
+        grads = [_local(p.grad) for p in group]
+        sizes = [g.shape[0] if _is_unitwise(p) else 1 for g, p in zip(grads, group)]
         # which tensors have a clipped unit: one host sync, and only those are rewritten
         owner = torch.repeat_interleave(torch.arange(len(grads), device=factor.device),
                                         torch.tensor(sizes, device=factor.device))
         touched = torch.zeros(len(grads), device=factor.device).index_add_(0, owner, clipped.float()).bool().tolist()
-        scaled = [(g, f.view((-1,) + (1,) * (g.dim() - 1)) if _is_unitwise(g) else f.view(()))
-                  for g, f, t in zip(grads, factor.split(sizes), touched) if t]
+        scaled = [(g, f.view((-1,) + (1,) * (g.dim() - 1)) if _is_unitwise(p) else f.view(()))
+                  for g, p, f, t in zip(grads, group, factor.split(sizes), touched) if t]
         if scaled:
             torch._foreach_mul_([g for g, _ in scaled], [f.to(g.dtype) for g, f in scaled])
 
@@ -143,8 +180,11 @@ class AGC(Optimizer):
     optimizer is fused, so that the scaler always unscales before the clip.
 
     Under DDP the clip runs at step time, after backward, on the all-reduced gradients, so every
-    replica clips identically. Sharded flat parameters (FSDP ``use_orig_params=False``, ZeRO) are
-    not supported: their units are split across ranks.
+    replica clips identically. Under FSDP2 (``torch.distributed.fsdp.fully_shard``) parameters and
+    gradients are DTensors sharded on dim 0: each process clips its own shard, unit norms stay
+    local, and whole-tensor norms (gains, biases, skip gains) are summed across the shards, so the
+    result is the unsharded one (every process must call ``step``). Flat parameters (FSDP1
+    ``use_orig_params=False``, ZeRO) are not supported: their units are split across ranks.
     """
 
     def __init__(

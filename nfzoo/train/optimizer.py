@@ -12,22 +12,27 @@ from .config import TrainConfig
 __all__ = ["build_optimizer", "build_scheduler", "clip_gradients"]
 
 
-def build_optimizer(model: nn.Module, cfg: TrainConfig, world_size: int = 1) -> torch.optim.SGD:
+def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     """SGD with Nesterov momentum; weight decay on conv and linear weights only
     (:mod:`nfzoo.optim.param_groups`)."""
     groups = weight_decay_groups(model, cfg.weight_decay)
-    return torch.optim.SGD(groups, lr=cfg.learning_rate(world_size), momentum=cfg.momentum, nesterov=cfg.nesterov)
+    return torch.optim.SGD(groups, lr=cfg.learning_rate(), momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
-    """Linear warmup from 0 then cosine decay to ``min_lr``, stepped per update (``step_update``)."""
+    """DeepMind's ``WarmupCosineDecay`` (``nfnets/optim.py``), stepped per update (``step_update``):
+    linear warmup from 0 over ``warmup_epochs``, then a cosine to ``min_lr`` over the steps *after*
+    the warmup (timm's ``warmup_prefix=True``). The warmup length is not rounded to whole steps
+    (DeepMind's is 5 x 1281167 / 4096 = 1563.9 steps)."""
+    total = cfg.epochs * steps_per_epoch
+    warmup = cfg.warmup_epochs * steps_per_epoch
     return CosineLRScheduler(
         optimizer,
-        t_initial=cfg.epochs * steps_per_epoch,
+        t_initial=max(total - warmup, 1),  # a run shorter than its warmup only ever warms up
         lr_min=cfg.min_lr,
-        warmup_t=round(cfg.warmup_epochs * steps_per_epoch),
+        warmup_t=warmup,
         warmup_lr_init=0.0,
-        warmup_prefix=False,
+        warmup_prefix=True,
         t_in_epochs=False,
     )
 

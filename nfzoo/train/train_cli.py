@@ -24,6 +24,7 @@ import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 from .. import torchrun
 from ..atomic_files import DiskFullError
 from ..weights.errors import CheckpointError
+from .augment import DeepMindBatchAugment, randaugment_magnitude, train_transform
 from .config import TrainConfig
 from .data import FASHION_MNIST_CLASSES, fashion_mnist
 from .trainer import Trainer
@@ -58,6 +59,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--drop-rate", type=float, default=None, help="dropout before the classifier")
     p.add_argument("--drop-path-rate", type=float, default=None, help="stochastic depth rate")
     p.add_argument("--pretrained", action="store_true")
+    p.add_argument("--randaugment-magnitude", type=int, default=None,
+                   help="folder datasets: RandAugment (4 layers) magnitude; default: DeepMind's for NFNets "
+                        "(F0 5, F1-F2 10, F3-F7 15), off for other models; -1 turns it off")
+    p.add_argument("--mixup-alpha", type=float, default=0.2, help="folder datasets: MixUp on half of each batch; 0: off")
+    p.add_argument("--cutmix-alpha", type=float, default=1.0, help="folder datasets: CutMix on the other half; 0: off")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         if isinstance(f.default, bool):
@@ -76,20 +82,28 @@ def _model_kwargs(args: argparse.Namespace) -> dict:
     return kwargs
 
 
-def _datasets(args: argparse.Namespace, model_name: str, kwargs: dict) -> tuple[torch.nn.Module, Dataset, Dataset]:
+def _datasets(args: argparse.Namespace, model_name: str, kwargs: dict
+              ) -> tuple[torch.nn.Module, Dataset, Dataset, Callable | None]:
+    """The model, the training and validation sets, and the training batches' collate function."""
     if args.dataset == "fashion_mnist":
         model = timm.create_model(model_name, num_classes=len(FASHION_MNIST_CLASSES), in_chans=1, **kwargs)
-        return (model, fashion_mnist("train", args.data_dir, args.train_limit), fashion_mnist("test", args.data_dir))
+        return (model, fashion_mnist("train", args.data_dir, args.train_limit), fashion_mnist("test", args.data_dir), None)
     if args.data_dir is None:
         raise SystemExit("--dataset folder needs --data-dir (holding train/ and val/ class folders)")
     train_set = ImageFolder(f"{args.data_dir}/train")
     model = timm.create_model(model_name, num_classes=len(train_set.classes), **kwargs)
     data_cfg = resolve_data_config({"input_size": (3, args.img_size, args.img_size)} if args.img_size else {}, model=model)
-    train_set.transform = create_transform(**data_cfg, is_training=True)
-    eval_set = ImageFolder(f"{args.data_dir}/val", transform=create_transform(**resolve_data_config({}, model=model)))
+    train_set.transform = train_transform(data_cfg["input_size"][-1])
+    magnitude = randaugment_magnitude(model_name) if args.randaugment_magnitude is None else args.randaugment_magnitude
+    collate = DeepMindBatchAugment(len(train_set.classes), None if magnitude is None or magnitude < 0 else magnitude,
+                                   mixup_alpha=args.mixup_alpha, cutmix_alpha=args.cutmix_alpha,
+                                   mean=data_cfg["mean"], std=data_cfg["std"])
+    # validation at the test size (NFNets: larger than the train size), as the weights were evaluated
+    eval_cfg = resolve_data_config({}, model=model, use_test_size=True)
+    eval_set = ImageFolder(f"{args.data_dir}/val", transform=create_transform(**eval_cfg))
     if args.train_limit is not None:
         train_set = torch.utils.data.Subset(train_set, range(min(args.train_limit, len(train_set))))
-    return model, train_set, eval_set
+    return model, train_set, eval_set, collate
 
 
 def main(argv: Sequence[str] | None = None) -> dict:
@@ -97,9 +111,9 @@ def main(argv: Sequence[str] | None = None) -> dict:
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in fields(TrainConfig)})
     env = torchrun.start()
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank (DDP broadcasts rank 0's anyway)
-    model, train_set, eval_set = _datasets(args, args.model, _model_kwargs(args))
+    model, train_set, eval_set, collate = _datasets(args, args.model, _model_kwargs(args))
     try:
-        result = Trainer(model, train_set, cfg, eval_set, env=env).fit()
+        result = Trainer(model, train_set, cfg, eval_set, env=env, collate_fn=collate).fit()
     except (DiskFullError, CheckpointError) as e:
         raise SystemExit(f"nfzoo.train: error: {e}") from e
     if env.is_main:

@@ -12,7 +12,6 @@ import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from timm.utils import ModelEmaV3
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
@@ -24,6 +23,7 @@ from ..optim.param_groups import agc_parameters
 from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from .config import TrainConfig
 from .data import ResumableBatchSampler
+from .ema import TF1WarmupEma
 from .metrics_log import MetricsLog
 from .optimizer import build_optimizer, build_scheduler, clip_gradients
 
@@ -31,7 +31,6 @@ __all__ = ["Trainer", "CHECKPOINT_NAME"]
 
 CHECKPOINT_NAME = "last.pth"
 _FORMAT = "nfzoo.train/2"  # 2: loads with weights_only=True; counts the metrics records
-_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 class Trainer:
@@ -46,23 +45,28 @@ class Trainer:
 
     Args:
         on_step: called with the trainer after every step (and after that step's checkpoint).
+        collate_fn: turns a list of training samples into ``(images, targets)``; targets may be
+            class indices or class probabilities (MixUp/CutMix: :mod:`nfzoo.train.augment`).
     """
 
     def __init__(self, model: nn.Module, train_set: Dataset, cfg: TrainConfig, eval_set: Dataset | None = None,
-                 env: torchrun.Runtime | None = None, on_step: Callable[["Trainer"], None] | None = None):
+                 env: torchrun.Runtime | None = None, on_step: Callable[["Trainer"], None] | None = None,
+                 collate_fn: Callable | None = None):
         self.cfg = cfg
         self.env = env or torchrun.start()
-        self.train_set, self.eval_set, self.on_step = train_set, eval_set, on_step
+        self.train_set, self.eval_set, self.on_step, self.collate_fn = train_set, eval_set, on_step, collate_fn
         self.model = model.to(self.env.device)
         self.net = DistributedDataParallel(self.model) if self.env.enabled else self.model
-        self.ema = ModelEmaV3(self.model, decay=cfg.ema_decay) if cfg.ema_decay else None
-        self.sampler = ResumableBatchSampler(len(train_set), cfg.batch_size, cfg.seed, self.env.rank, self.env.world_size)
-        self.optimizer = build_optimizer(self.model, cfg, self.env.world_size)
+        self.ema = TF1WarmupEma(self.model, decay=cfg.ema_decay) if cfg.ema_decay else None
+        self.sampler = ResumableBatchSampler(len(train_set), cfg.per_process_batch(self.env.world_size), cfg.seed,
+                                             self.env.rank, self.env.world_size)
+        self.optimizer = build_optimizer(self.model, cfg)
         self.scheduler = build_scheduler(self.optimizer, cfg, self.sampler.batches_per_epoch())
-        self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=cfg.amp == "fp16")
+        self.amp_dtype = cfg.amp_dtype(self.env.device)
+        self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=self.amp_dtype == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.agc_params = agc_parameters(self.model)
-        self.agc_clip = cfg.agc_threshold(self.env.world_size)
+        self.agc_clip = cfg.agc_threshold()
         self.out = Path(cfg.output_dir)
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
         self.step = self.epoch = self.batch_in_epoch = 0
@@ -89,8 +93,7 @@ class Trainer:
         for i, (xc, yc) in enumerate(chunks):
             # Gradients are all-reduced across ranks only on the last micro-batch.
             sync = nullcontext() if i == len(chunks) - 1 or not self.env.enabled else self.net.no_sync()
-            with sync, torch.autocast(self.env.device.type, dtype=_AMP_DTYPES.get(self.cfg.amp),
-                                      enabled=self.cfg.amp != "none"):
+            with sync, torch.autocast(self.env.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 loss = self.criterion(self.net(xc), yc) * (len(xc) / len(x))
             with sync:
                 self.scaler.scale(loss).backward()
@@ -114,7 +117,7 @@ class Trainer:
         while self.epoch < cfg.epochs and not self.diverged:
             self.sampler.set_epoch(self.epoch, self.batch_in_epoch)
             self.model.train()
-            bar = tqdm(self._loader(self.train_set, self.sampler), total=len(self.sampler), leave=False,
+            bar = tqdm(self._loader(self.train_set, self.sampler, self.collate_fn), total=len(self.sampler), leave=False,
                        desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.env.is_main))
             for x, y in bar:
                 loss = self.train_step(x, y)
@@ -159,11 +162,12 @@ class Trainer:
         was_training = model.training
         model.eval()
         indices = list(range(self.env.rank, len(self.eval_set), self.env.world_size))
-        batches = [indices[i:i + self.cfg.batch_size] for i in range(0, len(indices), self.cfg.batch_size)]
+        step = self.sampler.batch_size
+        batches = [indices[i:i + step] for i in range(0, len(indices), step)]
         totals = torch.zeros(3, dtype=torch.float64, device=self.env.device)  # loss sum, correct, count
         for x, y in self._loader(self.eval_set, batches):
             x, y = x.to(self.env.device), y.to(self.env.device)
-            with torch.autocast(self.env.device.type, dtype=_AMP_DTYPES.get(self.cfg.amp), enabled=self.cfg.amp != "none"):
+            with torch.autocast(self.env.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
                 logits = model(x)
             totals += torch.stack([nn.functional.cross_entropy(logits.float(), y, reduction="sum").double(),
                                    (logits.argmax(1) == y).sum().double(), torch.tensor(len(y), dtype=torch.float64)])
@@ -174,12 +178,12 @@ class Trainer:
         return {f"{prefix}_loss": loss / count, f"{prefix}_top1": 100 * correct / count,
                 f"{prefix}_error": 100 * (1 - correct / count)}
 
-    def _loader(self, dataset: Dataset, batch_sampler) -> DataLoader:
+    def _loader(self, dataset: Dataset, batch_sampler, collate_fn: Callable | None = None) -> DataLoader:
         # A private generator: creating the loader's iterator must not draw from the global RNG,
         # or a resumed run's random stream would differ from an uninterrupted one.
         generator = torch.Generator().manual_seed(self.cfg.seed * 100_003 + self.epoch)
         return DataLoader(dataset, batch_sampler=batch_sampler, num_workers=self.cfg.num_workers,
-                          pin_memory=self.env.device.type == "cuda", generator=generator)
+                          pin_memory=self.env.device.type == "cuda", generator=generator, collate_fn=collate_fn)
 
     # -- state ------------------------------------------------------------------------------
     def _seed_everything(self) -> None:
@@ -218,8 +222,8 @@ class Trainer:
         layout = (state["world_size"], state["batch_size"])
         if layout != (self.env.world_size, self.cfg.batch_size):
             raise ValueError(
-                f"the checkpoint was written by {layout[0]} process(es) with batch {layout[1]} each; resuming needs "
-                f"the same (got {self.env.world_size} x {self.cfg.batch_size}) for the data position to mean the same")
+                f"the checkpoint was written by {layout[0]} process(es) with global batch {layout[1]}; resuming needs "
+                f"the same (got {self.env.world_size}, {self.cfg.batch_size}) for the data position to mean the same")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
