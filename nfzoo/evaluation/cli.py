@@ -17,6 +17,7 @@ import torch
 
 import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 
+from ..models._registry import zoo_name
 from . import distributed
 from .errors import EvaluationError
 from .labels import RealLabels
@@ -117,7 +118,7 @@ def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[
     entry = expected_accuracy(name) if weights != "random" else None
     row = dict.fromkeys(("expected_top1", "expected_top5", "delta_top1", "delta_top5", "check"))
     row.update(
-        model=pcfg.get("architecture") or name, tag=pcfg.get("tag"), weights=weights,
+        model=zoo_name(pcfg["architecture"]) if pcfg.get("architecture") else name, tag=pcfg.get("tag"), weights=weights,
         top1=round(result.top1, 3), top5=round(result.top5, 3),
         real_top1=result.real_top1, real_top5=result.real_top5,
         images=result.images, bad_images=len(result.bad_images), img_per_sec=round(result.images_per_sec, 2),

@@ -11,6 +11,7 @@ from timm.models._builder import resolve_pretrained_cfg
 from timm.models._registry import get_arch_pretrained_cfgs
 
 from ..weights.loading import fitting_filter, resolve_pretrained_file
+from ._registry import published_name
 
 __all__ = ["build_zoo_model"]
 
@@ -32,7 +33,9 @@ def build_zoo_model(
     (``model_cfg``, ``feature_cfg``, model arguments ...).
     A pretrained tag (``create_model('name.tag')``) that the model does not have is refused
     with the list of those it has; Hub weights missing from an offline cache are reported with
-    the repository's name.
+    the repository's name. The built model's pretrained cfg names its architecture by the
+    zoo's published name (``nfzoo_<variant>``, see :mod:`nfzoo.models._registry`), so that a
+    ``config.json`` written from it never resolves to another model in plain timm.
     """
     tag = kwargs.get("pretrained_cfg")
     if isinstance(tag, str):
@@ -47,8 +50,10 @@ def build_zoo_model(
                 variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"), kwargs.get("cache_dir"))
             if kwargs.get("pretrained_strict", True):
                 checkpoint_filter = fitting_filter(checkpoint_filter)
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter, **kwargs)
+        model.pretrained_cfg["architecture"] = published_name(variant)
+        return model
     except LocalEntryNotFoundError as e:
         repo = resolve_pretrained_cfg(
             variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).hf_hub_id
