@@ -59,6 +59,6 @@ def build_zoo_model(
             variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).hf_hub_id
         raise LocalEntryNotFoundError(
             f"the weights of {variant} (Hugging Face repository {repo}) are not in the local cache "
-            f"{hf_constants.HF_HUB_CACHE} and the Hub cannot be reached (offline: "
+            f"(expected under {hf_constants.HF_HUB_CACHE}/models--{str(repo).replace('/', '--')}) and the Hub cannot be reached (offline: "
             f"HF_HUB_OFFLINE={int(hf_constants.HF_HUB_OFFLINE)}). Download them once with network access "
             f"(`huggingface-cli download {repo}`), or point HF_HUB_CACHE at a cache that holds them.") from e
