@@ -88,8 +88,9 @@ BAD_INPUT = {
         lambda t: _data_dir(t) + ["--model", "resnet50_bcn_ws.jhu_in1k", "--pretrained", "--check"],
         "no published top-1/top-5 is known for resnet50_bcn_ws.jhu_in1k"),
     "check, not the full validation set": (
-        lambda t: _data_dir(t) + ["--model", "nfnet_f0.dm_in1k", "--pretrained", "--check"], "all 50000"),
-    "check without data": (lambda t: ["--pretrained", "--check"], "needs the ImageNet validation set"),
+        lambda t: _data_dir(t) + ["--model", "nfnet_f0.dm_in1k", "--pretrained", "--check"],
+        "measured on 50000 imagenet-1k validation images"),
+    "check without data": (lambda t: ["--pretrained", "--check"], "needs the validation images"),
     "weights not available offline": (lambda t: _data_dir(t) + ["--pretrained"],
                                       "cannot create test_resnet with pretrained weights"),
     "missing checkpoint file": (lambda t: _data_dir(t) + ["--checkpoint", str(t / "none.pth")], "does not exist"),

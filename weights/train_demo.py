@@ -20,11 +20,11 @@ from pathlib import Path
 
 import safetensors.torch
 import timm
-import torch
 from PIL import Image
 
 import nfzoo  # noqa: F401  (registers nfnet_mini)
 from nfzoo.evaluation.cli import main as validate
+from nfzoo.train.checkpoint import load_checkpoint
 from nfzoo.train.cli import main as train
 from nfzoo.train.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx
 from nfzoo.weights import checkpoint
@@ -39,7 +39,7 @@ RECIPE = ["--epochs", "3", "--batch-size", "128", "--base-lr", "0.4", "--warmup-
 
 def export(run_dir: Path, out: Path) -> None:
     """The trained weights of ``run_dir/last.pth``, checked to load strictly, as safetensors."""
-    state = torch.load(run_dir / "last.pth", map_location="cpu", weights_only=True)["model"]
+    state = load_checkpoint(run_dir / "last.pth")["model"]  # the run's own file, as the trainer resumes it
     model = timm.create_model("nfnet_mini")
     model.load_state_dict(state, strict=True)
     with atomic_path(out) as tmp:

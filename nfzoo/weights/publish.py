@@ -176,10 +176,11 @@ def model_card(entry: Checkpoint, origin: Provenance, measured: Measured | None,
     measured_row = (f"| measured ({measured.setup}) | {measured.top1:.2f} | {measured.top5:.2f} |"
                     if measured else "| measured | not yet measured | |")
     if origin.verified:
-        source_sha = entry.source_sha256 or "not recorded"
+        source = (f"- Trained by: `python {entry.source_url}`" if entry.source_format == "nfzoo-trained" else
+                  f"- Source: {entry.source_url} ({entry.source_format}), "
+                  f"sha256 `{entry.source_sha256 or 'not recorded'}`")
         about = (f"{cite.title} ({entry.paper}): {entry.dataset} weights {_ORIGIN[entry.source_format]}, "
-                 f"in the layout of nfzoo (a timm plugin).\n\n"
-                 f"- Source: {entry.source_url} ({entry.source_format}), sha256 `{source_sha}`\n"
+                 f"in the layout of nfzoo (a timm plugin).\n\n{source}\n"
                  f"- Verified: {origin.reason} (sha256 `{origin.sha256}`)")
         expected_row = (f"| expected ({entry.accuracy_source or 'no published figure'}) | {_percent(entry.top1)} "
                         f"| {_percent(entry.top5)} |\n")
