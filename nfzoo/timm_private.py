@@ -7,6 +7,9 @@ timm upgrade changes any of it:
 * :func:`unregister_model` -- removing a registration, so that nfzoo can replace timm's
   weightless ``nfnet_f*`` silently (``timm.models._registry``: ``_model_entrypoints`` and
   ``_clear_model_entries``; timm only offers registering, which warns on an overwrite);
+* :func:`register_unlisted_alias` -- a second name for a registered model that
+  ``create_model`` resolves but ``list_models`` does not list, as timm's own deprecated names
+  (``_model_entrypoints`` and ``_deprecated_models``);
 * :func:`pretrained_source` -- where timm will load a pretrained cfg's weights from
   (``timm.models._builder._resolve_pretrained_source``), so that nfzoo checks the same file;
 * :func:`hf_split` -- timm's ``repo@revision`` syntax for Hub ids (``timm.models._hub``);
@@ -19,7 +22,7 @@ from typing import Any
 
 from timm.models import _builder, _features, _hub, _registry
 
-__all__ = ["unregister_model", "pretrained_source", "hf_split", "feature_take_indices"]
+__all__ = ["unregister_model", "register_unlisted_alias", "pretrained_source", "hf_split", "feature_take_indices"]
 
 
 def unregister_model(name: str) -> None:
@@ -28,6 +31,13 @@ def unregister_model(name: str) -> None:
     registration, so it is removed too."""
     _registry._clear_model_entries(name)
     _registry._model_entrypoints.pop(name, None)
+
+
+def register_unlisted_alias(alias: str, name: str) -> None:
+    """Make ``timm.create_model(alias)`` build the registered model ``name``, without listing
+    ``alias`` in ``timm.list_models()``."""
+    _registry._model_entrypoints[alias] = _registry._model_entrypoints[name]
+    _registry._deprecated_models[alias] = name
 
 
 def pretrained_source(pretrained_cfg: dict[str, Any]) -> tuple[str, Any]:

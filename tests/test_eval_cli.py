@@ -88,8 +88,9 @@ BAD_INPUT = {
         lambda t: _data_dir(t) + ["--model", "resnet50_bcn_ws.jhu_in1k", "--pretrained", "--check"],
         "no published top-1/top-5 is known for resnet50_bcn_ws.jhu_in1k"),
     "check, not the full validation set": (
-        lambda t: _data_dir(t) + ["--model", "nfnet_f0.dm_in1k", "--pretrained", "--check"], "all 50000"),
-    "check without data": (lambda t: ["--pretrained", "--check"], "needs the ImageNet validation set"),
+        lambda t: _data_dir(t) + ["--model", "nfnet_f0.dm_in1k", "--pretrained", "--check"],
+        "measured on 50000 imagenet-1k validation images"),
+    "check without data": (lambda t: ["--pretrained", "--check"], "needs the validation images"),
     "weights not available offline": (lambda t: _data_dir(t) + ["--pretrained"],
                                       "cannot create test_resnet with pretrained weights"),
     "missing checkpoint file": (lambda t: _data_dir(t) + ["--checkpoint", str(t / "none.pth")], "does not exist"),
@@ -111,15 +112,14 @@ def test_bad_input_gives_a_message_and_no_results(case, tmp_path, capsys, hf_cac
 
 @pytest.mark.parametrize("expected, status, verdict", [(0.0, 0, "pass"), (50.0, 1, "fail")])
 def test_check_against_the_manifest(data, tmp_path, monkeypatch, capsys, expected, status, verdict):
-    """--check wiring, on a stand-in for the 50,000-image set and a stand-in manifest entry."""
+    """--check wiring, on a stand-in manifest entry measured on the 7 images of the test set."""
     root, class_map = data
     torch.manual_seed(1)
     torch.save(timm.create_model("test_resnet").state_dict(), tmp_path / "weights.pth")
     entry = Checkpoint(name="test_resnet.r160_in1k", source_url="", source_format="", publish_repo="",
                        test_size=160, crop_pct=0.95, crop_mode="center", interpolation="bilinear", license="",
-                       paper="", top1=expected, top5=expected)
+                       paper="", top1=expected, top5=expected, eval_images=7)
     monkeypatch.setattr(cli, "expected_accuracy", lambda name: entry)
-    monkeypatch.setattr(cli, "IMAGENET_VAL_IMAGES", 7)
     monkeypatch.setattr(cli, "create_model", _fail_unless_loaded(cli.create_model, tmp_path / "weights.pth"))
     args = FAST + ["--data-dir", str(root), "--class-map", str(class_map), "--checkpoint", str(tmp_path / "weights.pth"),
                    "--check", "--results-file", str(tmp_path / "r.json")]

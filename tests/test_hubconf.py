@@ -34,7 +34,7 @@ def test_every_model_loads_without_weights():
     with torch.device("meta"):
         for name in sorted(nfzoo.ZOO_MODELS):
             model = torch.hub.load(REPO_DIR, name, source="local", pretrained=False, num_classes=7)
-            assert model.pretrained_cfg["architecture"] == name
+            assert model.pretrained_cfg["architecture"] == f"nfzoo_{name}"
             assert model.get_classifier().out_features == 7
 
 

@@ -63,7 +63,7 @@ def test_listing_and_tags():
     assert all(timm.models.model_entrypoint(f"nfnet_f{i}").__module__ == "nfzoo.models.nfnet" for i in range(8))
     with torch.device("meta"):
         model = timm.create_model("nfnet_f1.dm_in1k")
-    assert model.pretrained_cfg["tag"] == "dm_in1k" and model.pretrained_cfg["architecture"] == "nfnet_f1"
+    assert model.pretrained_cfg["tag"] == "dm_in1k" and model.pretrained_cfg["architecture"] == "nfzoo_nfnet_f1"
     assert nfzoo.ZOO_MODELS >= {"nfnet_f0", "dm_nf_resnet50", "dm_nf_resnet152", "dm_nf_resnet600"}
 
 

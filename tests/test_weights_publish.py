@@ -2,7 +2,10 @@
 through hf-hub: (from an offline cache) and through file=."""
 import dataclasses
 import json
+import os
 import re
+import shutil
+import stat
 
 import pytest
 import safetensors.torch
@@ -88,15 +91,80 @@ def test_repo_folder_has_weights_timm_config_and_model_card(published):
     model, folder = published
     assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "model.safetensors"]
     config = json.loads((folder / "config.json").read_text())
-    assert (config["architecture"], config["num_classes"], config["num_features"]) == ("resnet50_gn_ws", 1000, 2048)
+    assert (config["architecture"], config["num_classes"], config["num_features"]) == ("nfzoo_resnet50_gn_ws", 1000, 2048)
+    assert "num_classes" not in config["model_args"]  # transformers passes its own next to **model_args
     assert config["pretrained_cfg"]["tag"] == "jhu_in1k"
     assert config["pretrained_cfg"]["interpolation"] == "bilinear"
+    assert "pip install nfzoo" in config["nfzoo"]["requires"]
+
+
+def test_card_of_the_verified_conversion_states_source_and_accuracy(published):
+    _, folder = published
     card = (folder / "README.md").read_text()
     entry = checkpoint("resnet50_gn_ws.jhu_in1k")
-    for fact in (entry.source_url, "| 76.28 | 93.01 |", "| measured (test harness) | 76.10 | 92.90 |",
-                 "@article{qiao2019micro", sha256_file(folder / "model.safetensors"), "license: other",
+    for fact in (entry.source_url, "released by the paper's authors", "| 76.28 | 93.01 |",
+                 "| measured (test harness) | 76.10 | 92.90 |", "@article{qiao2019micro",
+                 sha256_file(folder / "model.safetensors"), "license: other",
                  'timm.create_model("hf-hub:nfzoo/resnet50_gn_ws.jhu_in1k", pretrained=True)'):
         assert fact in card
+
+
+def _states_nothing_of_the_source(card: str, entry) -> None:
+    assert "not the verified" in card
+    for claim in (entry.source_url, "released by", "trained by", _percent(entry.top1), entry.accuracy_source or "expected"):
+        assert claim not in card
+
+
+def _percent(value):
+    return "no figure" if value is None else f"{value:.2f}"
+
+
+def test_card_of_random_weights_states_no_provenance_or_accuracy(tmp_path):
+    name = "resnet50_gn_ws.jhu_in1k"
+    (tmp_path / "random").mkdir()
+    safetensors.torch.save_file(timm.create_model("resnet50_gn_ws").state_dict(), tmp_path / "random" / "model.safetensors")
+    card = (write_repo(tmp_path / "random", name, tmp_path / "hub") / "README.md").read_text()
+    _states_nothing_of_the_source(card, checkpoint(name))
+    assert "no conversion record" in card
+
+
+def test_card_of_a_file_that_is_not_the_conversion_states_no_provenance(published, tmp_path):
+    """The conversion record is there, but the file beside it is another one (sha256 differs)."""
+    name = "resnet50_gn_ws.jhu_in1k"
+    foreign = tmp_path / "foreign"
+    shutil.copytree(published[1].parent / "converted", foreign)
+    state = safetensors.torch.load_file(foreign / "model.safetensors")
+    state["fc.bias"] += 1
+    safetensors.torch.save_file(state, foreign / "model.safetensors")
+    card = (write_repo(foreign, name, tmp_path / "hub") / "README.md").read_text()
+    _states_nothing_of_the_source(card, checkpoint(name))
+    assert "sha256 differs from the one its conversion produced" in card
+
+
+def test_repo_folder_has_the_usual_permissions(published):
+    _, folder = published
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o777 & ~umask
+    assert {stat.S_IMODE(p.stat().st_mode) for p in folder.iterdir()} == {0o666 & ~umask}
+
+
+def test_config_gives_clients_the_evaluation_preprocessing():
+    """timm writes the training size as input_size and the test size apart; the published config
+    makes the test size the input size, which transformers' image processor (which resolves
+    ``pretrained_cfg`` as data args, without use_test_size) and timm's default both read."""
+    entry = checkpoint("nfnet_f0.dm_in1k")
+    written = {"architecture": "nfzoo_nfnet_f0", "num_classes": 1000,
+               "model_args": {"num_classes": 1000, "in_chans": 3, "global_pool": "avg"},
+               "pretrained_cfg": {"input_size": [3, 192, 192], "test_input_size": [3, 256, 256], "pool_size": [6, 6],
+                                  "crop_pct": 0.875, "crop_mode": "center", "interpolation": "bicubic",
+                                  "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "num_classes": 1000}}
+    config = publish.hub_config(written, entry)
+    data = timm.data.resolve_data_config(config["pretrained_cfg"], model=None)
+    assert data["input_size"] == (3, entry.test_size, entry.test_size) == (3, 256, 256)
+    assert (data["crop_pct"], data["crop_mode"], data["interpolation"]) == (entry.crop_pct, entry.crop_mode, entry.interpolation)
+    assert config["model_args"] == {"in_chans": 3, "global_pool": "avg"}
+    assert written["model_args"]["num_classes"] == 1000  # the caller's dict is left alone
 
 
 def test_published_folder_loads_through_hf_hub_from_an_offline_cache(published, hf_cache):

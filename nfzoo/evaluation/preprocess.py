@@ -7,6 +7,7 @@ from typing import Any, Callable
 
 import torch.nn as nn
 from timm.data import create_transform, resolve_data_config
+from torchvision import transforms
 
 __all__ = ["eval_data_config", "eval_transform"]
 
@@ -18,5 +19,8 @@ def eval_data_config(model: nn.Module, img_size: int | None = None, crop_pct: fl
 
 
 def eval_transform(data_config: dict[str, Any]) -> Callable:
-    """PIL image -> normalised CHW float tensor."""
-    return create_transform(**data_config, is_training=False)
+    """PIL image -> normalised CHW float tensor; one channel for a one-channel (grayscale) model."""
+    transform = create_transform(**data_config, is_training=False)
+    if data_config["input_size"][0] == 1:  # the sources decode to RGB; R = G = B converts back exactly
+        transform = transforms.Compose([transforms.Grayscale(1), transform])
+    return transform

@@ -9,6 +9,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError
 from timm.models import build_model_with_cfg, get_arch_pretrained_cfgs, resolve_pretrained_cfg
 
 from ..weights.loading import fitting_filter, resolve_pretrained_file
+from ._registry import published_name
 
 __all__ = ["build_zoo_model"]
 
@@ -30,7 +31,9 @@ def build_zoo_model(
     (``model_cfg``, ``feature_cfg``, model arguments ...).
     A pretrained tag (``create_model('name.tag')``) that the model does not have is refused
     with the list of those it has; Hub weights missing from an offline cache are reported with
-    the repository's name.
+    the repository's name. The built model's pretrained cfg names its architecture by the
+    zoo's published name (``nfzoo_<variant>``, see :mod:`nfzoo.models._registry`), so that a
+    ``config.json`` written from it never resolves to another model in plain timm.
     """
     tag = kwargs.get("pretrained_cfg")
     if isinstance(tag, str):
@@ -45,8 +48,10 @@ def build_zoo_model(
                 variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"), kwargs.get("cache_dir"))
             if kwargs.get("pretrained_strict", True):
                 checkpoint_filter = fitting_filter(checkpoint_filter)
-        return build_model_with_cfg(
+        model = build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter, **kwargs)
+        model.pretrained_cfg["architecture"] = published_name(variant)
+        return model
     except IndexError as e:
         if kwargs.get("out_indices") is None:
             raise
@@ -59,6 +64,6 @@ def build_zoo_model(
             variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay")).hf_hub_id
         raise LocalEntryNotFoundError(
             f"the weights of {variant} (Hugging Face repository {repo}) are not in the local cache "
-            f"{hf_constants.HF_HUB_CACHE} and the Hub cannot be reached (offline: "
+            f"(expected under {hf_constants.HF_HUB_CACHE}/models--{str(repo).replace('/', '--')}) and the Hub cannot be reached (offline: "
             f"HF_HUB_OFFLINE={int(hf_constants.HF_HUB_OFFLINE)}). Download them once with network access "
             f"(`huggingface-cli download {repo}`), or point HF_HUB_CACHE at a cache that holds them.") from e

@@ -1,7 +1,7 @@
 """The errors the weights tools raise: each names the file, what was wrong and what to do."""
 from __future__ import annotations
 
-__all__ = ["CheckpointError", "ChecksumError"]
+__all__ = ["CheckpointError", "ChecksumError", "WeightsUnavailableError"]
 
 
 class CheckpointError(ValueError):
@@ -10,3 +10,7 @@ class CheckpointError(ValueError):
 
 class ChecksumError(CheckpointError):
     """A file's sha256 differs from the one the nfzoo manifest records for it."""
+
+
+class WeightsUnavailableError(FileNotFoundError):
+    """Pretrained weights are not where nfzoo looks for them locally and cannot be downloaded."""

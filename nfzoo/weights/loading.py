@@ -26,9 +26,9 @@ from timm.models import resolve_pretrained_cfg
 
 from ..atomic_files import atomic_path
 from ..timm_private import hf_split, pretrained_source
-from .state_dict_fit import check_fits
-from .errors import CheckpointError
+from .errors import CheckpointError, WeightsUnavailableError
 from .files import check_readable, check_sha256
+from .state_dict_fit import check_fits
 from .manifest import Checkpoint, manifest
 
 __all__ = ["resolve_pretrained_file", "fitting_filter", "HF_WEIGHTS_FILES"]
@@ -60,7 +60,13 @@ def resolve_pretrained_file(
         path = _fetch_url(location, cache_dir, expected, entry)
     else:
         path = Path(location)
-        check_readable(path)
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"{_weights_of(entry)} are expected at {path}, which does not exist. Put the file there, "
+                "or give its place with pretrained_cfg_overlay=dict(file=...)"
+                + (f" (it ships with nfzoo: reinstall nfzoo, or retrain it with {entry.source_url})."
+                   if entry and entry.file else "."))
+        _check(path, entry.sha256 if entry and entry.file_path == path else None, entry)
     # source='file': timm would otherwise prefer the hf_hub_id of an 'hf-hub' cfg over file=.
     return {**overlay, "file": str(path), "source": "file"}
 
@@ -87,9 +93,16 @@ def _fetch_url(url: str, cache_dir, expected: str | None, entry: Checkpoint | No
     if path.exists():
         _check_or_evict(path, expected, entry)
         return path
-    with atomic_path(path) as tmp:  # checked before it enters the cache
-        torch.hub.download_url_to_file(url, str(tmp), progress=False)
-        _check(tmp, expected, entry)
+    try:
+        with atomic_path(path) as tmp:  # checked before it enters the cache
+            torch.hub.download_url_to_file(url, str(tmp), progress=False)
+            _check(tmp, expected, entry)
+    except OSError as e:  # offline, host unreachable, HTTP error
+        raise WeightsUnavailableError(
+            f"cannot download {_weights_of(entry)} from {url} ({type(e).__name__}: {e}), and they are "
+            f"not in the local cache: expected {path}. Download the file where there is network access "
+            f"(e.g. `curl -L -o {path.name} {url}`) and put it at {path} (torch.hub's checkpoint folder, "
+            "under TORCH_HOME), or give its place with pretrained_cfg_overlay=dict(file=...).") from e
     return path
 
 
@@ -112,6 +125,10 @@ def _check_or_evict(path: Path, expected: str | None, entry: Checkpoint | None) 
         if target.is_relative_to(os.path.realpath(root)):
             target.unlink(missing_ok=True)
         raise type(e)(f"{e} It has been removed from the cache; run again to download it afresh.") from None
+
+
+def _weights_of(entry: Checkpoint | None) -> str:
+    return f"the weights of {entry.name}" if entry else "the pretrained weights"
 
 
 def _what(entry: Checkpoint | None) -> str:

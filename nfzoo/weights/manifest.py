@@ -6,6 +6,7 @@ import tomllib
 from dataclasses import dataclass, fields
 from functools import cache
 from importlib.resources import files
+from pathlib import Path
 from typing import Any
 
 __all__ = ["Checkpoint", "Paper", "manifest", "checkpoint", "paper", "pretrained_cfg"]
@@ -25,12 +26,21 @@ class Checkpoint:
     paper: str
     hf_hub_id: str | None = None
     url: str | None = None
+    file: str | None = None  # a file shipped in the package, relative to manifest.toml's folder
     sha256: str | None = None
     source_sha256: str | None = None
     source_md5: str | None = None
     top1: float | None = None
     top5: float | None = None
     accuracy_source: str | None = None
+    dataset: str = "imagenet-1k"
+    eval_images: int = 50_000  # how many validation images top1/top5 were measured on
+    tolerance: float | None = None  # --check tolerance in points, when it differs from the harness's default
+
+    @property
+    def file_path(self) -> Path | None:
+        """The absolute path of :attr:`file`, or None."""
+        return None if self.file is None else Path(str(files("nfzoo.weights").joinpath(self.file)))
 
     @property
     def model(self) -> str:
@@ -85,10 +95,11 @@ def checkpoint(name: str) -> Checkpoint:
 def pretrained_cfg(name: str, **cfg: Any) -> dict[str, Any]:
     """A timm pretrained cfg for ``name``: the given defaults overlaid with the manifest's facts."""
     c = checkpoint(name)
-    size = (3, c.test_size, c.test_size)
+    size = (cfg.get("input_size", (3,))[0], c.test_size, c.test_size)
     cfg.update(
         hf_hub_id=c.hf_hub_id,
         url=c.url or "",
+        file=str(c.file_path) if c.file_path else None,
         test_input_size=size if cfg.get("input_size", size) != size else None,
         input_size=cfg.get("input_size", size),
         crop_pct=c.crop_pct,
