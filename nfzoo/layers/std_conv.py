@@ -12,9 +12,9 @@ Two families live here, because their numerics differ and pretrained weights dep
 Every forward standardizes the weight, in training and in eval, as the papers define the
 layer. Statistics are computed in float32 or wider (a bf16 or fp16 weight would lose the
 variance or overflow ``var * fan_in``); the standardized weight is returned in the parameter's
-dtype and autocast casts it for the convolution as it would the raw weight. Autograd keeps no
-weight-sized tensor beyond the standardized weight the conv itself saves: ``W * s - mean * s``
-saves the parameter (which exists anyway) and per-channel factors only.
+dtype and autocast casts it for the convolution as it would the raw weight. Scaled WS has an
+analytic backward that keeps no weight-sized tensor beyond the standardized weight the conv
+itself saves.
 
 For inference, :func:`nfzoo.fuse` bakes the standardized weights into plain convolutions.
 """
@@ -51,20 +51,81 @@ def _stats_dtype(weight: torch.Tensor) -> torch.dtype:
     return torch.promote_types(weight.dtype, torch.float32)
 
 
+def _centered(w: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per output channel of the (float32 or wider) ``w``, over every other dim: the flattened
+    weight minus its mean, the mean, and the variance (population, or unbiased).
+
+    Two passes, the mean and then the norm of the centred rows: exact, and on the CPU several
+    times faster than ``torch.var_mean``'s Welford kernel (see docs/speed.md).
+    """
+    flat = w.flatten(1)
+    n = flat.shape[1]
+    mean = flat.mean(1, keepdim=True)
+    centered = flat - mean
+    var = torch.linalg.vector_norm(centered, dim=1, keepdim=True).square() / (n - 1 if unbiased and n > 1 else n)
+    return centered, mean, var
+
+
+def _scale(var: torch.Tensor, fan_in: int, deepmind: bool, eps: float) -> torch.Tensor:
+    """``rsqrt(max(var * n, eps))`` (DeepMind's release) or ``rsqrt(var + eps) / sqrt(n)`` (timm)."""
+    if deepmind:
+        return torch.rsqrt(torch.clamp(var * fan_in, min=eps))
+    return torch.rsqrt(var + eps) * fan_in ** -0.5
+
+
+class _ScaledStandardize(torch.autograd.Function):
+    """Scaled WS with an analytic backward that keeps only the weight and per-channel statistics,
+    so that training holds no weight-sized tensor beyond the standardized weight the conv saves
+    (as timm's batch-norm formulation does), with two-pass statistics, fast on the CPU.
+
+    With ``x = (W - mean) * s``, ``G`` the incoming gradient and ``n`` the fan-in,
+    ``d gain = sum(G * x)`` and ``dW = s * gain * (G - mean(G)) - k * s * x * gain * d gain``,
+    where ``k`` is 0 for a clamped (constant) ``s`` and 1 otherwise (``ds/dvar = -n s^3 / 2``).
+    """
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, gain: torch.Tensor, deepmind: bool, eps: float) -> torch.Tensor:
+        w = weight.to(_stats_dtype(weight))
+        centered, mean, var = _centered(w, unbiased=False)
+        n = centered.shape[1]
+        scale = _scale(var, n, deepmind, eps)
+        varies = (var * n > eps).to(var.dtype) if deepmind else torch.ones_like(var)
+        ctx.save_for_backward(weight, gain, mean, scale, varies)
+        return centered.mul_(scale * gain.to(w.dtype).view(-1, 1)).view_as(weight).to(weight.dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        weight, gain, mean, s, k = ctx.saved_tensors
+        w = weight.to(_stats_dtype(weight)).flatten(1)
+        d = grad.to(w.dtype).flatten(1)
+        sum_d = d.sum(1, keepdim=True)
+        dot = torch.bmm(d.unsqueeze(1), w.unsqueeze(2)).view(-1, 1)  # sum(G * W), no temporary
+        grad_gain = s * (dot - mean * sum_d)  # sum(G * x)
+        a = s * gain.to(w.dtype).view(-1, 1)
+        b = -k * s * a * grad_gain
+        c = -a * sum_d / w.shape[1] - b * mean
+        grad_weight = torch.addcmul(c, d, a).addcmul_(w, b)  # a * G + b * W + c
+        return (grad_weight.view_as(weight).to(weight.dtype) if ctx.needs_input_grad[0] else None,
+                grad_gain.view_as(gain).to(gain.dtype) if ctx.needs_input_grad[1] else None,
+                None, None)
+
+
 @register_notrace_function
 def scaled_standardize(weight: torch.Tensor, gain: torch.Tensor, deepmind: bool, eps: float) -> torch.Tensor:
     """Scaled WS: ``gain * (W - mean) * s`` per output channel, ``n`` the fan-in and ``var`` the
     population variance, with ``s = rsqrt(max(var * n, eps))`` (DeepMind's release) or
-    ``s = rsqrt(var + eps) / sqrt(n)`` (timm's ``ScaledStdConv2d``)."""
-    w = weight.to(_stats_dtype(weight))
-    fan_in = w[0].numel()
-    var, mean = torch.var_mean(w, dim=_unit_dims(w), correction=0, keepdim=True)
-    if deepmind:
-        scale = torch.rsqrt(torch.clamp(var * fan_in, min=eps))
+    ``s = rsqrt(var + eps) / sqrt(n)`` (timm's ``ScaledStdConv2d``).
+
+    TorchScript cannot compile an autograd Function: scripted models compute the same formula
+    with autograd's own ops.
+    """
+    if torch.jit.is_scripting():
+        w = weight.to(_stats_dtype(weight))
+        var, mean = torch.var_mean(w, dim=_unit_dims(w), correction=0, keepdim=True)
+        scale = _scale(var, w[0].numel(), deepmind, eps) * gain.to(w.dtype)
+        return (w * scale - mean * scale).to(weight.dtype)
     else:
-        scale = torch.rsqrt(var + eps) * fan_in ** -0.5
-    scale = scale * gain.to(w.dtype)
-    return (w * scale - mean * scale).to(weight.dtype)
+        return _ScaledStandardize.apply(weight, gain, deepmind, eps)
 
 
 @register_notrace_function
@@ -76,14 +137,13 @@ def standardize(weight: torch.Tensor, eps: float, eps_in_std: bool) -> torch.Ten
     infinite at zero, and the clamp keeps it out of the backward pass (0 * inf would be NaN)
     without changing any value a non-constant filter sees.
     """
-    w = weight.to(_stats_dtype(weight))
-    var, mean = torch.var_mean(w, dim=_unit_dims(w), correction=1 if w[0].numel() > 1 else 0, keepdim=True)
+    centered, _, var = _centered(weight.to(_stats_dtype(weight)), unbiased=True)
     if eps_in_std:
         # 1e-30: below any variance a trained filter has; its std (1e-15) vanishes beside eps
-        scale = 1.0 / (torch.sqrt(torch.clamp(var, min=1e-30)) + eps)
+        denom = torch.sqrt(torch.clamp(var, min=1e-30)) + eps
     else:
-        scale = torch.rsqrt(var + eps)
-    return (w * scale - mean * scale).to(weight.dtype)
+        denom = torch.sqrt(var + eps)
+    return (centered / denom).view_as(weight).to(weight.dtype)
 
 
 class ScaledStdConv2d(nn.Conv2d):
