@@ -12,9 +12,10 @@ import torch.nn as nn
 from torch.distributed.tensor import DTensor
 
 import nfzoo  # noqa: F401  (registers the models)
-from nfzoo.train.distributed import init_distributed
+from nfzoo import torchrun
 from nfzoo.train.fsdp import average_replicated_grads, fully_shard_model
-from nfzoo.train.optim import agc_parameters, clip_gradients
+from nfzoo.optim.param_groups import agc_parameters
+from nfzoo.train.optimizer import clip_gradients
 
 STEPS, CLIP, LR = 3, 0.01, 0.05
 
@@ -55,7 +56,7 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
-    init_distributed()
+    torchrun.start()
     model = _model()
     replicated = fully_shard_model(model)
     x, y = _batch()

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import timm
 
-from nfzoo.evaluation.cli import main as validate
+from nfzoo.evaluation.validate_cli import main as validate
 from nfzoo.weights import checkpoint
 from nfzoo.weights.files import sha256_file
 from nfzoo.weights.publish import write_repo

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 from nfzoo.train import TrainConfig, Trainer
 from nfzoo.train.ema import TF1WarmupEma
-from nfzoo.train.optim import build_optimizer, build_scheduler
+from nfzoo.train.optimizer import build_optimizer, build_scheduler
 
 
 def deepmind_ema_decay(global_step: int, decay: float = 0.99999) -> float:

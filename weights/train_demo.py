@@ -23,7 +23,7 @@ import timm
 from PIL import Image
 
 import nfzoo  # noqa: F401  (registers nfnet_mini)
-from nfzoo.evaluation.cli import main as validate
+from nfzoo.evaluation.validate_cli import main as validate
 from nfzoo.train.checkpoint import load_checkpoint
 from nfzoo.train.cli import main as train
 from nfzoo.train.data import FASHION_MNIST_CLASSES, FASHION_MNIST_DIR, read_idx

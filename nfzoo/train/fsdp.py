@@ -17,7 +17,7 @@ __all__ = ["fully_shard_model", "average_replicated_grads"]
 
 def fully_shard_model(model: nn.Module) -> list[nn.Parameter]:
     """``fully_shard`` each of ``model.stages`` (when it has them) and then the whole model, in
-    the process group already set up (:func:`nfzoo.train.distributed.init_distributed`).
+    the process group already set up (:func:`nfzoo.torchrun.start`).
     Returns the parameters left replicated (the 0-d ones)."""
     from torch.distributed.fsdp import fully_shard
 
