@@ -295,5 +295,5 @@ def test_output_stride_dilates_as_timm(output_stride):
     assert feats[-1].shape[-2:] == (math.ceil(41 / output_stride), math.ceil(33 / output_stride))
     for a, b in zip(feats, expected, strict=True):
         assert a.shape == b.shape and max_rel_diff(a, b) < 1e-4
-    with pytest.raises(ValueError, match="output_stride must be 8, 16 or 32, got 4"):
+    with pytest.raises(ValueError, match="output_stride=4 is not allowed; it must be 8, 16 or 32"):
         meta_model("nfnet_f0", output_stride=4)
