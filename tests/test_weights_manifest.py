@@ -21,8 +21,10 @@ EXPECTED = {
 @pytest.mark.parametrize("name", sorted(manifest()))
 def test_entry_is_complete(name):
     c = manifest()[name]
-    assert c.hf_hub_id or c.url, "nowhere to load the weights from"
-    assert c.source_url and c.source_format in ("haiku-pickle", "ws-pth", "openmmlab")
+    assert c.hf_hub_id or c.url or c.file, "nowhere to load the weights from"
+    assert c.source_url and c.source_format in ("haiku-pickle", "ws-pth", "openmmlab", "nfzoo-trained")
+    if c.file:  # shipped in the package: the file, its full sha256 and what it was measured on
+        assert c.file_path.is_file() and c.sha256 and len(c.sha256) == 64 and c.top1 and c.eval_images
     assert c.publish_repo == f"nfzoo/{name}"
     assert c.license and paper(c.paper).bibtex.startswith("@")
     for digest, lengths in ((c.sha256, (8, 64)), (c.source_sha256, (64,)), (c.source_md5, (32,))):
@@ -41,7 +43,7 @@ def test_expected_accuracy_and_eval_size_match_the_reference(name):
 
 
 
-@pytest.mark.parametrize("name", [n for n in sorted(manifest()) if n.startswith("nfnet_")])
+@pytest.mark.parametrize("name", [n for n in sorted(manifest()) if n.startswith("nfnet_f")])
 def test_nfnet_eval_resizes_to_test_size_plus_32(name):
     """DeepMind resized to test px + 32 before the centre crop; timm floors size / crop_pct."""
     import timm
