@@ -297,7 +297,7 @@ def _timm_loop(root: Path, cfg: CheckConfig, batch: int) -> float:
 def harness(cfg: CheckConfig) -> dict[str, Any]:
     """``nfzoo-validate --amp bf16 --channels-last`` on generated images against the same images
     through timm's own loop (:func:`_timm_loop`)."""
-    from .evaluation import cli
+    from .evaluation import validate_cli
     from .evaluation.synthetic import make_image_folder
 
     batch = min(cfg.infer_batch, cfg.harness_images)
@@ -307,7 +307,7 @@ def harness(cfg: CheckConfig) -> dict[str, Any]:
         args = ["--model", f"nfnet_{cfg.variant}", "--data-dir", str(root), "--amp", "bf16", "--channels-last",
                 "--img-size", str(cfg.img_size), "--batch-size", str(batch), "--workers", str(cfg.harness_workers),
                 "--device", cfg.device, "--no-progress", "--results-file", str(results)]
-        status = cli.main(args)
+        status = validate_cli.main(args)
         if status != 0:
             raise RuntimeError(f"nfzoo-validate {' '.join(args)} exited with {status}")
         zoo = json.loads(results.read_text())[0]["img_per_sec"]

@@ -242,7 +242,7 @@ def test_classifier_and_timm_arguments():
 
 def test_bad_input_is_explained():
     model = tiny().eval()
-    with pytest.raises(ValueError, match="in_chans=1"):
+    with pytest.raises(ValueError, match="in_chans=3"):
         model(torch.randn(1, 1, 64, 64))
     with pytest.raises(ValueError, match="at least 32x32"):
         model(torch.randn(1, 3, 16, 64))

@@ -17,7 +17,7 @@ from nfzoo.train.train_cli import build_parser
 SMALL_NFNET = dict(depths=(1, 1, 1, 1), widths=(32, 64, 64, 64), stem_width=16, group_width=16)
 MODELS = {
     "nfnet_f0": SMALL_NFNET,
-    "nf_resnet152": {},
+    "dm_nf_resnet152": {},
     "resnet50_gn_ws": {},
     "resnet50_bcn_ws": {},
 }
@@ -103,12 +103,12 @@ def test_clip_threshold_follows_the_global_batch():
     assert clip_for_batch(256) == 0.01
     with pytest.raises(ValueError, match="agc-clip"):
         clip_for_batch(2 * DEEPMIND_BATCH)
-    cfg = TrainConfig(batch_size=256)
-    assert cfg.agc_clip == "batch" and cfg.agc_threshold(world_size=16) == 0.01
+    # batch_size is the global batch
+    assert TrainConfig(batch_size=4096).agc_clip == "batch" and TrainConfig(batch_size=4096).agc_threshold() == 0.01
     with pytest.raises(ValueError, match="8192"):
-        cfg.agc_threshold(world_size=32)
-    assert TrainConfig(batch_size=256, agc_clip=0.005).agc_threshold(world_size=32) == 0.005
-    assert TrainConfig(agc_clip=None).agc_threshold(1) is None
+        TrainConfig(batch_size=8192).agc_threshold()
+    assert TrainConfig(batch_size=8192, agc_clip=0.005).agc_threshold() == 0.005
+    assert TrainConfig(agc_clip=None).agc_threshold() is None
     with pytest.raises(ValueError, match="agc_clip"):
         TrainConfig(agc_clip="auto")
     parse = build_parser().parse_args

@@ -19,7 +19,7 @@ from test_agc import reference_clip
 CLIP = 0.01
 
 
-@pytest.mark.parametrize("name", ["nfnet_f0", "nf_resnet152"])
+@pytest.mark.parametrize("name", ["nfnet_f0", "dm_nf_resnet152"])
 def test_skipinit_gains_start_at_zero_so_every_block_starts_as_the_identity(name):
     model = timm.create_model(name).eval()
     blocks = [m for m in model.modules() if isinstance(m, NFBlock)]
