@@ -100,8 +100,8 @@ def test_input_checks_survive_tracing_and_scripting():
             runnable(wrong)
 
 
-# nf_resnet152's stem pool is timm's MaxPool2dSame, a leaf only for timm's tracer (as in timm's own models)
-PLAIN_FX = [name for name in FAMILIES if name != "nf_resnet152"]
+# the NF-ResNets' stem pool is timm's MaxPool2dSame, a leaf only for timm's tracer (as in timm's own models)
+PLAIN_FX = [name for name in FAMILIES if "nf_resnet" not in name]
 
 
 @pytest.mark.parametrize("name", PLAIN_FX)
