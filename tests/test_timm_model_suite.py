@@ -98,3 +98,24 @@ def test_input_checks_survive_tracing_and_scripting():
     for runnable in (fx_graph(model), torch.jit.script(model)):
         with pytest.raises((ValueError, torch.jit.Error), match="in_chans"):
             runnable(wrong)
+
+
+# the NF-ResNets' stem pool is timm's MaxPool2dSame, a leaf only for timm's tracer (as in timm's own models)
+PLAIN_FX = [name for name in FAMILIES if "nf_resnet" not in name]
+
+
+@pytest.mark.parametrize("name", PLAIN_FX)
+def test_plain_fx_tools_trace_without_timms_tracer_settings(name):
+    """Tools built on FX that know nothing of timm (``torch.fx.symbolic_trace``, torchvision's
+    ``create_feature_extractor`` called as its docs show) trace the zoo's WS convs and input
+    check, and the traced model computes the same values."""
+    from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
+
+    model = create(name, num_classes=10).eval()
+    x = torch.randn(1, 3, SIZE, SIZE)
+    with torch.no_grad():
+        expected = model(x)
+        torch.testing.assert_close(torch.fx.symbolic_trace(model)(x), expected, rtol=0, atol=0)
+        last = get_graph_node_names(model)[1][-1]
+        features = create_feature_extractor(model, return_nodes={last: "logits"})
+        torch.testing.assert_close(features(x)["logits"], expected, rtol=0, atol=0)

@@ -23,8 +23,8 @@ from __future__ import annotations
 from typing import List, Literal, Optional
 
 import torch
+import torch.fx
 import torch.nn as nn
-from timm.layers import register_notrace_function
 from timm.layers.padding import get_padding_value, pad_same
 
 __all__ = [
@@ -37,8 +37,10 @@ WSEps = Literal["std", "var"]
 
 _EPS = {"deepmind": 1e-4, "timm": 1e-5}
 
-# TensorFlow SAME padding of a strided conv depends on the input size: FX records the call
-register_notrace_function(pad_same)
+# A symbolic trace records each of these calls as one node (torch.fx.wrap acts on every tracer:
+# timm's, torchvision's feature extraction, plain torch.fx.symbolic_trace): TensorFlow SAME
+# padding of a strided conv depends on the input size, and the statistics read the weight's dtype.
+torch.fx.wrap("pad_same")
 
 
 def _unit_dims(weight: torch.Tensor) -> List[int]:
@@ -110,7 +112,7 @@ class _ScaledStandardize(torch.autograd.Function):
                 None, None)
 
 
-@register_notrace_function
+@torch.fx.wrap
 def scaled_standardize(weight: torch.Tensor, gain: torch.Tensor, deepmind: bool, eps: float) -> torch.Tensor:
     """Scaled WS: ``gain * (W - mean) * s`` per output channel, ``n`` the fan-in and ``var`` the
     population variance, with ``s = rsqrt(max(var * n, eps))`` (DeepMind's release) or
@@ -128,7 +130,7 @@ def scaled_standardize(weight: torch.Tensor, gain: torch.Tensor, deepmind: bool,
         return _ScaledStandardize.apply(weight, gain, deepmind, eps)
 
 
-@register_notrace_function
+@torch.fx.wrap
 def standardize(weight: torch.Tensor, eps: float, eps_in_std: bool) -> torch.Tensor:
     """Qiao et al.'s WS with the unbiased variance: ``(W - mean) / (std + eps)`` (GN+WS release)
     or ``(W - mean) / sqrt(var + eps)`` (BCN+WS release).

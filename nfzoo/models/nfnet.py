@@ -26,9 +26,10 @@ from functools import partial
 from typing import Any, Literal
 
 import torch
+import torch.fx
 import torch.nn as nn
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import AvgPool2dSame, ClassifierHead, create_pool2d, register_notrace_function
+from timm.layers import AvgPool2dSame, ClassifierHead, create_pool2d
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs
 
 from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
@@ -212,7 +213,7 @@ def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: t
     return stem, dict(num_chs=cfg.stem_width, reduction=2, module="stem.conv"), 0
 
 
-@register_notrace_function
+@torch.fx.wrap  # one node in any symbolic trace (a trace cannot branch on the input's shape)
 def check_image_batch(x: torch.Tensor, in_chans: int, min_size: int) -> None:
     if x.dim() != 4 or x.shape[1] != in_chans:
         raise ValueError(
