@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +23,7 @@ from timm.utils.agc import adaptive_clip_grad
 from torch.utils.flop_counter import FlopCounterMode
 
 from .fuse import fuse
+from .machine import cpu_name
 from .optim import AGC, adaptive_grad_clip_
 from .optim.param_groups import agc_parameters
 
@@ -315,11 +315,7 @@ def format_results(results: dict[str, dict[str, float]], ref_label: str, cfg: Be
 def describe_device(cfg: BenchConfig) -> str:
     if cfg.gpu:
         return f"{torch.cuda.get_device_name()}, bf16 autocast, channels_last"
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        with open("/proc/cpuinfo") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
-    return f"{cpu}, {torch.get_num_threads()} threads, float32"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, float32"
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:

@@ -13,13 +13,16 @@ The three written here have no torch counterpart:
   Normalization" (ICLR 2019, arXiv 1806.10779).
 
 Batch statistics use the population (biased) variance, as the papers' equations do; running
-variances are updated with it too.
+variances are updated with it too. Given ``micro_batch``, the three normalize micro-batches of
+that many images separately (:mod:`nfzoo.layers.micro_batch`).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from .micro_batch import lerp_sequence, split_micro_batches
 
 __all__ = [
     "BatchRenorm2d", "BatchInstanceNorm2d", "SwitchableNorm2d",
@@ -55,13 +58,17 @@ def weight_norm_convs(model: nn.Module) -> nn.Module:
 
 
 class _RunningStats(nn.Module):
-    """Per-channel affine and running statistics shared by the batch-dependent norms here."""
+    """Per-channel affine, running statistics and micro-batches, shared by the batch-dependent
+    norms here. ``micro_batch``: training statistics per micro-batch of this many images (None:
+    the whole batch)."""
 
-    def __init__(self, num_channels: int, eps: float, momentum: float, device=None, dtype=None):
+    def __init__(self, num_channels: int, eps: float, momentum: float, device=None, dtype=None,
+                 micro_batch: int | None = None):
         super().__init__()
         self.num_channels = num_channels
         self.eps = eps
         self.momentum = momentum
+        self.micro_batch = micro_batch
         dd = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.ones(num_channels, **dd))
         self.bias = nn.Parameter(torch.zeros(num_channels, **dd))
@@ -69,11 +76,21 @@ class _RunningStats(nn.Module):
         self.register_buffer("running_var", torch.ones(num_channels, **dd))
         self.register_buffer("num_batches_tracked", torch.tensor(0, dtype=torch.long, device=device))
 
+    def _micro_batches(self, x: torch.Tensor) -> torch.Tensor:
+        """The (checked) batch as (micro-batches, images, C, H, W)."""
+        self._check(x)
+        return split_micro_batches(x, self.micro_batch)
+
     @torch.no_grad()
-    def _track(self, mean: torch.Tensor, var: torch.Tensor) -> None:
-        self.running_mean.lerp_(mean, self.momentum)
-        self.running_var.lerp_(var, self.momentum)
-        self.num_batches_tracked += 1
+    def _track(self, mean: torch.Tensor, var: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take in the statistics of each micro-batch (rows of ``mean``, ``var``: (k, C)) in turn;
+        returns the running mean and variance each one found (k, C)."""
+        means = lerp_sequence(self.running_mean, mean.flatten(1), self.momentum)
+        variances = lerp_sequence(self.running_var, var.flatten(1), self.momentum)
+        self.running_mean.copy_(means[-1])
+        self.running_var.copy_(variances[-1])
+        self.num_batches_tracked += len(means) - 1
+        return means[:-1], variances[:-1]
 
     def _affine(self, x_hat: torch.Tensor) -> torch.Tensor:
         return x_hat * self.weight.view(1, -1, 1, 1) + self.bias.view(1, -1, 1, 1)
@@ -83,7 +100,8 @@ class _RunningStats(nn.Module):
             raise ValueError(f"{type(self).__name__} expects (N, {self.num_channels}, H, W), got {tuple(x.shape)}")
 
     def extra_repr(self) -> str:
-        return f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}"
+        micro = "" if self.micro_batch is None else f", micro_batch={self.micro_batch}"
+        return f"{self.num_channels}, eps={self.eps}, momentum={self.momentum}{micro}"
 
 
 class BatchRenorm2d(_RunningStats):
@@ -98,36 +116,37 @@ class BatchRenorm2d(_RunningStats):
     that many training batches (0: the limits apply from the start).
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.01,
-                 r_max: float = 3.0, d_max: float = 5.0, warmup_steps: int = 0, device=None, dtype=None):
-        super().__init__(num_channels, eps, momentum, device, dtype)
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.01, r_max: float = 3.0,
+                 d_max: float = 5.0, warmup_steps: int = 0, device=None, dtype=None, micro_batch: int | None = None):
+        super().__init__(num_channels, eps, momentum, device, dtype, micro_batch)
         if r_max < 1 or d_max < 0:
             raise ValueError(f"need r_max >= 1 and d_max >= 0, got r_max={r_max}, d_max={d_max}")
         self.r_max = r_max
         self.d_max = d_max
         self.warmup_steps = warmup_steps
 
-    def limits(self) -> tuple[float, float]:
-        """The current ``(r_max, d_max)``, after the warmup ramp."""
+    def limits(self, ahead: int = 0) -> tuple[float, float]:
+        """The ``(r_max, d_max)`` of the batch ``ahead`` batches after the current one (warmup ramp)."""
         if self.warmup_steps <= 0:
             return self.r_max, self.d_max
-        t = min(1.0, self.num_batches_tracked.item() / self.warmup_steps)
+        t = min(1.0, (self.num_batches_tracked.item() + ahead) / self.warmup_steps)
         return 1.0 + t * (self.r_max - 1.0), t * self.d_max
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
         if not self.training:
+            self._check(x)
             return self._affine(F.batch_norm(x, self.running_mean, self.running_var, eps=self.eps))
-        var_b, mean_b = torch.var_mean(x, dim=(0, 2, 3), correction=0)
+        xs = self._micro_batches(x)
+        var_b, mean_b = torch.var_mean(xs, dim=(1, 3, 4), keepdim=True, correction=0)  # (k, 1, C, 1, 1)
         sigma_b = torch.sqrt(var_b + self.eps)
         with torch.no_grad():
-            r_max, d_max = self.limits()
-            sigma = torch.sqrt(self.running_var + self.eps)
-            r = (sigma_b / sigma).clamp(1.0 / r_max, r_max)
-            d = ((mean_b - self.running_mean) / sigma).clamp(-d_max, d_max)
-        x_hat = (x - mean_b.view(1, -1, 1, 1)) / sigma_b.view(1, -1, 1, 1) * r.view(1, -1, 1, 1) + d.view(1, -1, 1, 1)
-        self._track(mean_b.detach(), var_b.detach())
-        return self._affine(x_hat)
+            limits = x.new_tensor([self.limits(i) for i in range(len(xs))]).view(-1, 2, 1, 1, 1)
+            r_max, d_max = limits[:, :1], limits[:, 1:]
+            mean, var = (s.view_as(mean_b) for s in self._track(mean_b, var_b))
+            sigma = torch.sqrt(var + self.eps)
+            r = torch.clamp(sigma_b / sigma, 1.0 / r_max, r_max)
+            d = torch.clamp((mean_b - mean) / sigma, -d_max, d_max)
+        return self._affine(((xs - mean_b) / sigma_b * r + d).flatten(0, 1))
 
     def extra_repr(self) -> str:
         return super().extra_repr() + f", r_max={self.r_max}, d_max={self.d_max}, warmup_steps={self.warmup_steps}"
@@ -142,17 +161,19 @@ class BatchInstanceNorm2d(_RunningStats):
     (``nfzoo.train`` does). The batch part uses running statistics in evaluation.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype=None):
-        super().__init__(num_channels, eps, momentum, device, dtype)
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype=None,
+                 micro_batch: int | None = None):
+        super().__init__(num_channels, eps, momentum, device, dtype, micro_batch)
         self.rho = nn.Parameter(torch.ones(num_channels, device=device, dtype=dtype))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        self._check(x)
         if self.training:
-            var_b, mean_b = torch.var_mean(x, dim=(0, 2, 3), correction=0)
-            self._track(mean_b.detach(), var_b.detach())
-            x_bn = (x - mean_b.view(1, -1, 1, 1)) * torch.rsqrt(var_b.view(1, -1, 1, 1) + self.eps)
+            xs = self._micro_batches(x)
+            var_b, mean_b = torch.var_mean(xs, dim=(1, 3, 4), keepdim=True, correction=0)
+            self._track(mean_b, var_b)
+            x_bn = ((xs - mean_b) * torch.rsqrt(var_b + self.eps)).flatten(0, 1)
         else:
+            self._check(x)
             x_bn = F.batch_norm(x, self.running_mean, self.running_var, eps=self.eps)
         x_in = F.instance_norm(x, eps=self.eps)
         rho = self.rho.view(1, -1, 1, 1)
@@ -169,8 +190,9 @@ class SwitchableNorm2d(_RunningStats):
     statistics in evaluation.
     """
 
-    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype=None):
-        super().__init__(num_channels, eps, momentum, device, dtype)
+    def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype=None,
+                 micro_batch: int | None = None):
+        super().__init__(num_channels, eps, momentum, device, dtype, micro_batch)
         self.mean_weight = nn.Parameter(torch.ones(3, device=device, dtype=dtype))
         self.var_weight = nn.Parameter(torch.ones(3, device=device, dtype=dtype))
 
@@ -180,10 +202,11 @@ class SwitchableNorm2d(_RunningStats):
         second_in = var_in + mean_in**2
         mean_ln = mean_in.mean(1, keepdim=True)
         var_ln = second_in.mean(1, keepdim=True) - mean_ln**2
-        if self.training:
-            mean_bn = mean_in.mean(0, keepdim=True)
-            var_bn = second_in.mean(0, keepdim=True) - mean_bn**2
-            self._track(mean_bn.detach().flatten(), var_bn.detach().flatten())
+        if self.training:  # per micro-batch: (k, 1, C, 1, 1), then one row per image
+            mean_bn = split_micro_batches(mean_in, self.micro_batch).mean(1, keepdim=True)
+            var_bn = split_micro_batches(second_in, self.micro_batch).mean(1, keepdim=True) - mean_bn**2
+            self._track(mean_bn, var_bn)
+            mean_bn, var_bn = (s.expand(-1, len(x) // len(s), -1, -1, -1).flatten(0, 1) for s in (mean_bn, var_bn))
         else:
             mean_bn = self.running_mean.view(1, -1, 1, 1)
             var_bn = self.running_var.view(1, -1, 1, 1)

@@ -31,6 +31,8 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
+from .micro_batch import lerp_sequence, split_micro_batches
+
 __all__ = ["BatchChannelNorm2d", "BatchStats", "EstimatedBatchNorm2d", "SyncedBatchNorm2d"]
 
 BatchStats = Literal["batch", "estimate"]
@@ -114,6 +116,10 @@ class EstimatedBatchNorm2d(nn.BatchNorm2d):
     unchanged. Under ``torch.distributed`` the update uses the global batch's moments, so the
     estimates stay identical on every process.
 
+    Given ``micro_batch``, a training batch is taken in as consecutive micro-batches of that many
+    images, each updating the estimates and normalized with them in turn, as that many calls
+    would (:mod:`nfzoo.layers.micro_batch`; single-process only).
+
     Args:
         moving_speed: ``r`` above. Stored in the buffer ``estbn_moving_speed`` (the authors'
             name), so that it travels with checkpoints; loading a checkpoint without it (e.g.
@@ -130,25 +136,48 @@ class EstimatedBatchNorm2d(nn.BatchNorm2d):
         process_group: dist.ProcessGroup | None = None,
         device=None,
         dtype=None,
+        micro_batch: int | None = None,
     ):
         super().__init__(num_features, eps=eps, device=device, dtype=dtype)
         self.register_buffer("estbn_moving_speed", torch.full((1,), float(moving_speed), device=device))
         self.process_group = process_group
+        self.micro_batch = micro_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training:
-            self._update_estimates(x)
+            return self._forward_training(x)
         return F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
 
     @torch.jit.unused  # TorchScript'd models run it in eval mode
-    def _update_estimates(self, x):  # unannotated: TorchScript fails to resolve annotations of unused methods here
+    def _forward_training(self, x):  # unannotated: TorchScript fails to resolve annotations of unused methods here
         self._check_input_dim(x)
-        with torch.no_grad():
-            xf = x.float()
-            mean, _ = _channel_mean(xf, self.process_group)
-            var, _ = _channel_mean((xf - _as_channels(self.running_mean, x.dim())) ** 2, self.process_group)
-            self.running_mean.lerp_(mean.to(self.running_mean.dtype), self.estbn_moving_speed)
-            self.running_var.lerp_(var.to(self.running_var.dtype), self.estbn_moving_speed)
+        xs = split_micro_batches(x, self.micro_batch)
+        if len(xs) > 1 and _synchronized(self.process_group):
+            raise ValueError("micro_batch splits a process's batch for single-process training; under "
+                             "torch.distributed each process's batch is already its own: leave micro_batch unset")
+        mean, var = self._update_estimates(xs)
+        x_hat = (xs - mean) * torch.rsqrt(var + self.eps)
+        return x_hat.flatten(0, 1) * _as_channels(self.weight, 4) + _as_channels(self.bias, 4)
+
+    @torch.no_grad()
+    def _update_estimates(self, xs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Take in each micro-batch of ``xs`` (k, b, C, H, W) in turn; the estimates (mean, var)
+        each is normalized with, as (k, 1, C, 1, 1) copies (a later update must not change what
+        this call's backward reads)."""
+        def channel_means(t: torch.Tensor) -> torch.Tensor:  # (k, C)
+            if len(t) == 1:
+                return _channel_mean(t[0], self.process_group)[0].unsqueeze(0)
+            return t.mean((1, 3, 4))
+
+        speed = self.estbn_moving_speed.item()
+        xf = xs.to(torch.promote_types(xs.dtype, torch.float32))  # half-precision inputs: float32 statistics
+        means = lerp_sequence(self.running_mean.to(xf.dtype), channel_means(xf), speed)
+        deviations = (xf - means[:-1].view(len(xs), 1, -1, 1, 1)) ** 2  # around the estimate before the update
+        variances = lerp_sequence(self.running_var.to(xf.dtype), channel_means(deviations), speed)
+        self.running_mean.copy_(means[-1])
+        self.running_var.copy_(variances[-1])
+        shape = (len(xs), 1, -1, 1, 1)
+        return means[1:].view(shape).to(xs.dtype), variances[1:].view(shape).to(xs.dtype)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         state_dict.setdefault(prefix + "estbn_moving_speed", self.estbn_moving_speed)
@@ -169,6 +198,8 @@ class BatchChannelNorm2d(nn.Module):
         batch_stats: ``'batch'`` for ordinary (synchronized) batch statistics, as the released
             ImageNet models; ``'estimate'`` for the estimated statistics of micro-batch training.
         moving_speed: the estimates' moving speed ``r`` (``batch_stats='estimate'`` only).
+        micro_batch: the estimates' micro-batches (``batch_stats='estimate'`` only; see
+            :class:`EstimatedBatchNorm2d`).
         momentum: the batch part's running-statistics momentum (``batch_stats='batch'`` only).
         process_group: the processes whose batches are pooled under torch.distributed
             (default: all).
@@ -185,6 +216,7 @@ class BatchChannelNorm2d(nn.Module):
         process_group: dist.ProcessGroup | None = None,
         device=None,
         dtype=None,
+        micro_batch: int | None = None,
     ):
         super().__init__()
         if num_channels % num_groups:
@@ -192,11 +224,14 @@ class BatchChannelNorm2d(nn.Module):
                 f"BatchChannelNorm2d: {num_channels} channels cannot be split into {num_groups} groups; "
                 f"num_groups must divide num_channels")
         dd = dict(device=device, dtype=dtype)
+        if batch_stats == "batch" and micro_batch is not None:
+            raise ValueError("micro_batch applies to batch_stats='estimate' only")
         if batch_stats == "batch":
             self.pbn = SyncedBatchNorm2d(num_channels, eps=eps, momentum=momentum, process_group=process_group, **dd)
         elif batch_stats == "estimate":
             self.pbn = EstimatedBatchNorm2d(
-                num_channels, eps=eps, moving_speed=moving_speed, process_group=process_group, **dd)
+                num_channels, eps=eps, moving_speed=moving_speed, process_group=process_group,
+                micro_batch=micro_batch, **dd)
         else:
             raise ValueError(f"batch_stats must be 'batch' or 'estimate', got {batch_stats!r}")
         self.num_channels = num_channels

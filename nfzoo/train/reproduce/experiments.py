@@ -1,95 +1,134 @@
-"""The two experiments: normalizers vs. per-GPU batch (GN paper, Fig. 1 / Table), and AGC vs. none
-for an NF-ResNet at large batch and high learning rate (NFNet paper, section 4.1)."""
+"""The two experiments: normalizers vs. per-GPU batch (the GN and WS papers), and an NF-ResNet
+with and without AGC vs. its batch-normalized twin over batch sizes and learning rates (the
+NF-ResNet and NFNet papers)."""
 from __future__ import annotations
 
 import csv
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
+import torch.nn as nn
 from torch.utils.data import TensorDataset
 
+from ... import torchrun
 from ...atomic_files import atomic_open
 from ..config import TrainConfig
 from ..data import fashion_mnist
 from ..metrics_log import read_metrics
 from ..trainer import Trainer
-from .networks import SmallResNet, small_nf_resnet
+from .networks import BATCH_DEPENDENT, SmallNFResNet, SmallResNet
 
-__all__ = ["Setup", "NORMS", "GROUPED", "run_norm", "run_agc", "load_data", "ResultsFile"]
+__all__ = ["Setup", "NORMS", "GROUPED", "EVERY_BATCH", "build_network", "run_norm", "run_agc", "load_data",
+           "ResultsFile"]
 
-# The GN paper's BN, GN, GN+WS and BCN+WS (with the micro-batch "estimated" statistics), and the rest.
-NORMS = ("bn", "gn", "gn_ws", "bcn_ws_est", "ln", "in", "brn", "bin", "sn", "wn")
-GROUPED = ("gn", "gn_ws", "bcn_ws_est")
+# The GN paper's BN, GN, LN and IN, the WS paper's GN+WS and BCN+WS (with the micro-batch
+# "estimated" statistics), Batch Renorm, and the normalizer-free network (with AGC).
+NORMS = ("bn", "gn", "gn_ws", "bcn_ws_est", "ln", "in", "brn", "nf")
+GROUPED = ("gn", "gn_ws", "bcn_ws_est", "bcn_ws")
+EVERY_BATCH = "all"  # the micro_batch of a batch-independent norm's runs: one run serves every column
 
 
 @dataclass
 class Setup:
-    """Sizes chosen so that a run takes seconds on one CPU core (see docs/reproduction.md)."""
+    """The study's sizes: chosen so that it runs in about 150 minutes on 2 CPU cores
+    (docs/reproduction.md explains each choice)."""
 
-    train_images: int = 2048
-    test_images: int = 1000
-    image_size: int = 28
-    epochs: int = 1
-    # Images per optimizer step; each forward/backward pass (and so each normalization) sees a
-    # micro-batch of it, as each GPU does in data-parallel training without synchronized norms.
-    batch: int = 64
-    micro_batches: tuple[int, ...] = (64, 16, 4, 2)
+    train_images: int = 60_000
+    test_images: int = 10_000
+    epochs: int = 5
+    # Images per optimizer step; the norms see micro-batches of it, as each GPU's norms do in
+    # data-parallel training without synchronized statistics (gradient accumulation).
+    batch: int = 128
+    micro_batches: tuple[int, ...] = (32, 16, 8, 4, 2)
     norms: tuple[str, ...] = NORMS
     depth: int = 8
     widths: tuple[int, int, int] = (8, 16, 32)
+    stem_stride: int = 2
+    stem_pool: bool = True  # with stem_stride 2: stages at 7, 4 and 2 px, a quarter of the input, as ImageNet's
     num_groups: int = 4  # GN / BCN groups: 2 to 8 channels per group at these widths
-    lr: float = 0.2
+    lr: float = 0.1
     seeds: tuple[int, ...] = (0, 1)
-    # AGC: NF-ResNet at a large batch and high learning rates, without and with clipping.
-    agc_batch: int = 256
-    agc_epochs: int = 3
-    agc_lrs: tuple[float, ...] = (0.4, 1.6)
+    # AGC: the NF-ResNet (clip None: no clipping) and its BN twin over global batch x learning rate.
+    agc_batches: tuple[int, ...] = (256, 1024)
+    agc_base_lrs: tuple[float, ...] = (0.4, 1.6)  # per 256 images, scaled linearly with the batch
     agc_clips: tuple[float | None, ...] = (None, 0.01, 0.04, 0.16)
 
 
 def load_data(setup: Setup, root=None) -> tuple[TensorDataset, TensorDataset]:
-    def resize(ds: TensorDataset) -> TensorDataset:
-        x, y = ds.tensors
-        if setup.image_size != x.shape[-1]:
-            x = F.interpolate(x, size=setup.image_size, mode="area")
-        return TensorDataset(x, y)
-
-    return (resize(fashion_mnist("train", root, setup.train_images)),
-            resize(fashion_mnist("test", root, setup.test_images)))
+    return fashion_mnist("train", root, setup.train_images), fashion_mnist("test", root, setup.test_images)
 
 
-def _config(work: Path, batch: int, lr: float, epochs: int, seed: int, agc: float | None,
-            micro_batch: int | None = None) -> TrainConfig:
-    return TrainConfig(epochs=epochs, batch_size=batch, micro_batch=micro_batch, lr=lr, warmup_epochs=0.1 * epochs, weight_decay=5e-5,
-                       agc_clip=agc, ema_decay=None, seed=seed, output_dir=str(work), resume="auto",
-                       ckpt_every=0, log_every=1, eval_every=epochs, progress=False)
+def build_network(setup: Setup, norm: str, micro_batch: int | None = None) -> nn.Module:
+    """The study's ResNet with ``norm`` ('nf': its normalizer-free twin), its norms seeing
+    micro-batches of ``micro_batch`` images."""
+    if norm == "nf":
+        return SmallNFResNet(setup.depth, setup.widths, stem_stride=setup.stem_stride, stem_pool=setup.stem_pool)
+    return SmallResNet(norm, setup.depth, setup.widths, setup.num_groups if norm in GROUPED else None,
+                       micro_batch=micro_batch, stem_stride=setup.stem_stride, stem_pool=setup.stem_pool)
 
 
-def run_norm(setup: Setup, data, norm: str, micro_batch: int, seed: int, work: Path) -> dict:
-    """Train a SmallResNet with ``norm``, the normalizers seeing ``micro_batch`` images; test error."""
-    torch.manual_seed(seed)
-    net = SmallResNet(norm, setup.depth, setup.widths, setup.num_groups if norm in GROUPED else None)
-    cfg = _config(work, setup.batch, setup.lr, setup.epochs, seed, agc=None, micro_batch=micro_batch)
+def _fit(setup: Setup, data, net: nn.Module, work: Path, batch: int, lr: float, seed: int,
+         agc: float | str | None, device: str | None) -> tuple[dict, list[float], float]:
+    """Train ``net`` (resuming from ``work`` after a kill); the last evaluation, the logged
+    training losses and the seconds this call took."""
+    steps = setup.epochs * (len(data[0]) // batch)
+    cfg = TrainConfig(epochs=setup.epochs, batch_size=batch, lr=lr, warmup_epochs=0.1 * setup.epochs,
+                      weight_decay=5e-5, agc_clip=agc, ema_decay=None, seed=seed, output_dir=str(work),
+                      resume="auto", ckpt_every=1000, log_every=max(1, steps // 100), eval_every=setup.epochs,
+                      progress=False)
     start = time.perf_counter()
-    result = Trainer(net, data[0], cfg, data[1]).fit()
-    return {"norm": norm, "micro_batch": micro_batch, "seed": seed, "test_error": round(result.get("eval_error", float("nan")), 2),
-            "diverged": result["diverged"], "seconds": round(time.perf_counter() - start, 1)}
-
-
-def run_agc(setup: Setup, data, lr: float, clip: float | None, seed: int, work: Path) -> dict:
-    """Train the small NF-ResNet at ``agc_batch`` and ``lr`` with AGC ``clip`` (None: no clipping)."""
-    torch.manual_seed(seed)
-    cfg = _config(work, setup.agc_batch, lr, setup.agc_epochs, seed, agc=clip)
-    start = time.perf_counter()
-    result = Trainer(small_nf_resnet(), data[0], cfg, data[1]).fit()
+    trainer = Trainer(net, data[0], cfg, data[1], env=torchrun.start(device))
+    result = trainer.fit()
+    if "eval_error" not in result and not result["diverged"]:  # resumed from a finished run's checkpoint
+        result.update(trainer.evaluate())
     losses = [r["train_loss"] for r in read_metrics(work / "metrics.jsonl") if "train_loss" in r]
-    return {"lr": lr, "clip": "none" if clip is None else clip, "seed": seed,
-            "test_error": round(result.get("eval_error", float("nan")), 2), "diverged": result["diverged"],
-            "final_train_loss": round(losses[-1], 4) if losses else float("nan"),
-            "seconds": round(time.perf_counter() - start, 1), "losses": " ".join(f"{v:.4g}" for v in losses)}
+    return result, losses, time.perf_counter() - start
+
+
+def run_norm(setup: Setup, data, norm: str, micro_batch: int | str, seed: int, work: Path,
+             device: str | None = None) -> dict:
+    """Test error of the ResNet with ``norm`` trained with its norms seeing ``micro_batch`` images
+    (:data:`EVERY_BATCH` for a batch-independent norm); the NF net trains with AGC."""
+    torch.manual_seed(seed)
+    net = build_network(setup, norm, None if micro_batch == EVERY_BATCH else int(micro_batch))
+    result, _, seconds = _fit(setup, data, net, work, setup.batch, setup.lr, seed,
+                              agc="batch" if norm == "nf" else None, device=device)
+    return {"norm": norm, "micro_batch": micro_batch, "seed": seed,
+            "test_error": round(result.get("eval_error", float("nan")), 2),
+            "diverged": result["diverged"], "seconds": round(seconds, 1)}
+
+
+def run_agc(setup: Setup, data, model: str, batch: int, base_lr: float, clip: float | None, seed: int,
+            work: Path, device: str | None = None) -> dict:
+    """The NF net ('nf', AGC ``clip``; None: none) or its BN twin ('bn') at global ``batch`` and
+    learning rate ``base_lr * batch / 256``."""
+    torch.manual_seed(seed)
+    result, losses, seconds = _fit(setup, data, build_network(setup, model), work, batch, base_lr * batch / 256,
+                                   seed, agc=clip, device=device)
+    return {"model": model, "batch": batch, "base_lr": base_lr, "clip": "none" if clip is None else clip,
+            "seed": seed, "test_error": round(result.get("eval_error", float("nan")), 2),
+            "diverged": result["diverged"], "final_train_loss": round(losses[-1], 4) if losses else float("nan"),
+            "seconds": round(seconds, 1), "losses": " ".join(f"{v:.4g}" for v in losses)}
+
+
+def norm_tasks(setup: Setup) -> list[dict]:
+    """Every run of the normalizer table; a batch-independent norm runs once per seed."""
+    tasks = []
+    for seed in setup.seeds:
+        for norm in setup.norms:
+            batches = setup.micro_batches if norm in BATCH_DEPENDENT else (EVERY_BATCH,)
+            tasks += [dict(norm=norm, micro_batch=b, seed=seed) for b in batches]
+    return tasks
+
+
+def agc_tasks(setup: Setup) -> list[dict]:
+    """Every run of the AGC grid: the NF net at each clip, and the BN twin unclipped."""
+    return [dict(model=model, batch=batch, base_lr=lr, clip=clip, seed=seed)
+            for seed in setup.seeds for batch in setup.agc_batches for lr in setup.agc_base_lrs
+            for model, clip in [("bn", None)] + [("nf", c) for c in setup.agc_clips]]
 
 
 class ResultsFile:
@@ -100,6 +139,7 @@ class ResultsFile:
         self.rows = list(csv.DictReader(path.open())) if path.is_file() else []
 
     def done(self, **key) -> bool:
+        key = {k: "none" if v is None else v for k, v in key.items()}
         return any(all(str(r[k]) == str(v) for k, v in key.items()) for r in self.rows)
 
     def add(self, row: dict) -> None:
@@ -109,3 +149,7 @@ class ResultsFile:
             writer.writeheader()
             writer.writerows(self.rows)
 
+
+def remove_run(work: Path) -> None:
+    """Delete a finished run's checkpoint folder (its result is in the CSV)."""
+    shutil.rmtree(work, ignore_errors=True)
