@@ -136,8 +136,8 @@ def fuse(model: nn.Module, input_size: Sequence[int] | None = None, inplace: boo
         inplace: modify ``model`` itself instead of a deep copy.
         memory_format: the layout of every 2-d conv weight of the fused model. The default,
             ``torch.channels_last``, is the faster one for NFNets on CPU (oneDNN convolves NHWC
-            activations without converting them around each conv: NFNet-F0, float32, 1.1-1.2x
-            NCHW at batch 16 on a 2-core EPYC, see docs/speed.md) and with cuDNN under bf16.
+            activations without converting them around each conv: NFNet-F0, float32, about
+            1.1x NCHW at batch 16 on a 2-core EPYC, see docs/speed.md) and with cuDNN under bf16.
             Inputs may stay NCHW: a conv with a ``channels_last`` weight returns a
             ``channels_last`` output whatever its input's layout, so the feature maps are NHWC
             from the first conv on (same shapes and values). ``None`` keeps each weight's
