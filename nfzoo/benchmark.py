@@ -3,7 +3,9 @@
 Measures, per model: batch-1 inference latency, large-batch inference throughput, training
 step throughput (forward, backward, AGC, SGD step), the peak memory a training step allocates
 above the weights, and AGC alone (nfzoo's fused clip vs ``timm.utils.adaptive_clip_grad``).
-CPU runs in float32; CUDA in bf16 autocast with channels_last. Both report the achieved inference
+CPU runs in float32 on NCHW inputs, timm's model in its default (NCHW) layout, nfzoo's as
+:func:`nfzoo.fuse` returns it (``channels_last`` conv weights, its default); CUDA in bf16 autocast
+with channels_last models and inputs. Both report the achieved inference
 TFLOP/s, CUDA also as a share of the device's dense bf16 peak.
 """
 from __future__ import annotations
@@ -315,7 +317,7 @@ def format_results(results: dict[str, dict[str, float]], ref_label: str, cfg: Be
 def describe_device(cfg: BenchConfig) -> str:
     if cfg.gpu:
         return f"{torch.cuda.get_device_name()}, bf16 autocast, channels_last"
-    return f"{cpu_name()}, {torch.get_num_threads()} threads, float32"
+    return f"{cpu_name()}, {torch.get_num_threads()} threads, float32, NCHW inputs (nfzoo fused: channels_last weights)"
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
