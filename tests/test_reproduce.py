@@ -10,7 +10,7 @@ import torch.nn as nn
 from test_train import write_fake_fashion_mnist
 
 from nfzoo.layers import NORMS
-from nfzoo.layers.micro_batch import lerp_sequence, split_micro_batches
+from nfzoo.layers.ghost_batch import lerp_sequence, split_micro_batches
 from nfzoo.models.nfnet import NFBlock
 from nfzoo.train import reproduce
 from nfzoo.train.reproduce import experiments

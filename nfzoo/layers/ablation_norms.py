@@ -14,7 +14,7 @@ The three written here have no torch counterpart:
 
 Batch statistics use the population (biased) variance, as the papers' equations do; running
 variances are updated with it too. Given ``micro_batch``, the three normalize micro-batches of
-that many images separately (:mod:`nfzoo.layers.micro_batch`).
+that many images separately (:mod:`nfzoo.layers.ghost_batch`).
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .micro_batch import lerp_sequence, split_micro_batches
+from .ghost_batch import lerp_sequence, split_micro_batches
 
 __all__ = [
     "BatchRenorm2d", "BatchInstanceNorm2d", "SwitchableNorm2d",

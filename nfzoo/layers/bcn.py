@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from timm.layers import register_notrace_module
 from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
 
-from .micro_batch import lerp_sequence, split_micro_batches
+from .ghost_batch import lerp_sequence, split_micro_batches
 
 __all__ = ["BatchChannelNorm2d", "BatchStats", "EstimatedBatchNorm2d", "SyncedBatchNorm2d"]
 
@@ -118,7 +118,7 @@ class EstimatedBatchNorm2d(nn.BatchNorm2d):
 
     Given ``micro_batch``, a training batch is taken in as consecutive micro-batches of that many
     images, each updating the estimates and normalized with them in turn, as that many calls
-    would (:mod:`nfzoo.layers.micro_batch`; single-process only).
+    would (:mod:`nfzoo.layers.ghost_batch`; single-process only).
 
     Args:
         moving_speed: ``r`` above. Stored in the buffer ``estbn_moving_speed`` (the authors'
