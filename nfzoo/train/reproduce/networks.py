@@ -90,8 +90,9 @@ class SmallResNet(nn.Module):
     classifier. Every conv and norm comes from the ``norm`` choice (:func:`nfzoo.layers.get_norm`).
 
     Args:
-        micro_batch: make every norm in :class:`MicroBatchNorm`, so that the norms see
-            micro-batches of this many images, as each GPU's do in data-parallel training.
+        micro_batch: every norm sees micro-batches of this many images, as each GPU's norms do in
+            data-parallel training (see :func:`_micro_batched`).
+        stem_stride: the stride of the stem conv.
         stem_pool: the stem ends with ImageNet ResNet's 3x3 stride-2 max-pool. With ``stem_stride``
             2 as well, the stages run at a quarter of the input's resolution, as ImageNet's do.
     """
