@@ -53,7 +53,7 @@ class Setup:
     seeds: tuple[int, ...] = (0, 1)
     # AGC: the NF-ResNet (clip None: no clipping) and its BN twin over global batch x learning rate.
     agc_batches: tuple[int, ...] = (256, 1024)
-    agc_base_lrs: tuple[float, ...] = (1.6,)  # per 256 images, scaled linearly with the batch: 16x ImageNet's 0.1
+    agc_base_lrs: tuple[float, ...] = (0.4, 1.6)  # per 256 images, scaled linearly with the batch: 4x and 16x ImageNet's
     agc_clips: tuple[float | None, ...] = (None, 0.01, 0.04, 0.16)
 
 
