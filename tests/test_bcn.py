@@ -77,6 +77,20 @@ def test_estimate_update_rule():
     torch.testing.assert_close(out, reference_norm(x, sd, "n", bcn=True, train=False), rtol=1e-5, atol=1e-5)
 
 
+def test_estimate_called_twice_before_backward():
+    """Each call's backward reads the estimates that call normalized with, even after a later call
+    has updated them in place (two views of a batch, a module used twice)."""
+    layer, x = _layer("estimate", moving_speed=0.25).train(), _input()
+    twice = [x.clone().requires_grad_(), (2 * x).clone().requires_grad_()]
+    outs = [layer(t) for t in twice]
+    sum(o.sum() for o in outs).backward()
+    reference = _layer("estimate", moving_speed=0.25).train()
+    for t, grad in zip(twice, (t.grad for t in twice)):  # one call and its backward at a time
+        fresh = t.detach().clone().requires_grad_()
+        reference(fresh).sum().backward()
+        torch.testing.assert_close(grad, fresh.grad)
+
+
 def test_estimate_converges_to_batch_statistics():
     layer, x = _layer("estimate", moving_speed=0.5).train(), _input()
     with torch.no_grad():
