@@ -151,8 +151,15 @@ def test_study_resumes_after_a_kill(tmp_path, monkeypatch):
         run("killed")
     assert len(list(csv.DictReader((tmp_path / "killed" / "norms.csv").open()))) == 3
     assert (tmp_path / "killed-work" / "agc-bn-32-0.4-None-0" / "last.pth").is_file()  # epoch 1 of run 4
-    monkeypatch.setattr(experiments.Trainer, "train_step", train_step)
+    steps = {"n": 0}
+
+    def counted(self, x, y):
+        steps["n"] += 1
+        return train_step(self, x, y)
+
+    monkeypatch.setattr(experiments.Trainer, "train_step", counted)
     resumed = run("killed")
+    assert steps["n"] == 2 + 4  # run 4's epoch 2 (its epoch 1 is in the checkpoint), then run 5
     key = lambda r: (r["norm"], r["micro_batch"])  # noqa: E731
     assert [(key(r), r["test_error"]) for r in sorted(resumed, key=key)] == \
         [(key(r), r["test_error"]) for r in sorted(uninterrupted, key=key)]
