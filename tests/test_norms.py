@@ -161,3 +161,14 @@ def test_weight_norm_convs_reparametrizes_every_conv():
 def test_bad_input_shape_is_explained():
     with pytest.raises(ValueError, match=r"expects \(N, 6, H, W\)"):
         SwitchableNorm2d(6)(torch.randn(2, 5, 3, 3))
+
+
+def test_batch_renorm_micro_batches_follow_the_warmup_ramp():
+    """With micro_batch, each micro-batch is renormalized at its own point of the warmup ramp, as
+    one call per micro-batch would."""
+    x = torch.randn(6, 4, 3, 3, dtype=torch.float64) * 3 + 1
+    one_by_one = BatchRenorm2d(4, warmup_steps=4).double()
+    at_once = BatchRenorm2d(4, warmup_steps=4, micro_batch=2).double()
+    torch.testing.assert_close(at_once(x), torch.cat([one_by_one(c) for c in x.split(2)]))
+    torch.testing.assert_close(at_once.running_var, one_by_one.running_var)
+    assert at_once.num_batches_tracked == one_by_one.num_batches_tracked == 3

@@ -140,8 +140,10 @@ class BatchRenorm2d(_RunningStats):
         var_b, mean_b = torch.var_mean(xs, dim=(1, 3, 4), keepdim=True, correction=0)  # (k, 1, C, 1, 1)
         sigma_b = torch.sqrt(var_b + self.eps)
         with torch.no_grad():
-            limits = x.new_tensor([self.limits(i) for i in range(len(xs))]).view(-1, 2, 1, 1, 1)
-            r_max, d_max = limits[:, :1], limits[:, 1:]
+            r_max, d_max = self.limits()
+            if self.warmup_steps > 0 and len(xs) > 1:  # each micro-batch at its own point of the ramp
+                limits = x.new_tensor([self.limits(i) for i in range(len(xs))]).view(-1, 2, 1, 1, 1)
+                r_max, d_max = limits[:, :1], limits[:, 1:]
             mean, var = (s.view_as(mean_b) for s in self._track(mean_b, var_b))
             sigma = torch.sqrt(var + self.eps)
             r = torch.clamp(sigma_b / sigma, 1.0 / r_max, r_max)

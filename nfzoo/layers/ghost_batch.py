@@ -32,8 +32,10 @@ def lerp_sequence(start: torch.Tensor, values: torch.Tensor, weight: float) -> t
     """The states of ``state.lerp_(value, weight)`` applied for each row of ``values`` (k, C) in turn,
     from ``start`` (C,): a (k + 1, C) tensor whose row i is the state before value i is taken in
     (row k: after all of them). Closed form, ``s_i = q^i s_0 + weight * sum_{j<i} q^(i-1-j) v_j``
-    with ``q = 1 - weight``, so that it costs a few ops whatever k is."""
+    with ``q = 1 - weight``, so that it costs a few ops whatever k is (a plain lerp for k = 1)."""
     k = values.shape[0]
+    if k == 1:  # the common case, one update: no need for the closed form
+        return torch.stack([start, start.lerp(values[0].to(start.dtype), weight)])
     steps = torch.arange(k + 1, dtype=torch.float64, device=values.device)
     q = 1.0 - weight
     lags = steps.view(-1, 1) - 1 - steps[:k].view(1, -1)  # i - 1 - j
