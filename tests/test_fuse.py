@@ -5,7 +5,7 @@ import torch.nn as nn
 from _nf_reference import nfnet_logits, nf_resnet_logits
 
 import nfzoo
-from nfzoo.fuse import PaddedConv2d
+from nfzoo.fuse import InferenceGELU, PaddedConv2d
 from nfzoo.layers import GammaAct, ScaledStdConv2d, WSConv1d, WSConv2d, WSConv3d
 from nfzoo.layers.std_conv import is_weight_standardized
 from nfzoo.models.nfnet import FusedNFBlock
@@ -199,6 +199,51 @@ def test_fuse_memory_format_argument():
         for fmt in (torch.channels_last, torch.contiguous_format, None):
             fused = nfzoo.fuse(model, memory_format=fmt)
             assert all(c.weight.is_contiguous(memory_format=fmt or model_fmt) for c in _spatial_convs(fused))
+
+
+def gelu_from_its_equation(x, approximate):
+    """GELU as its paper writes it (Hendrycks & Gimpel 2016), in float64."""
+    x = x.double()
+    if approximate == "tanh":
+        return 0.5 * x * (1 + torch.tanh((2 / torch.pi) ** 0.5 * (x + 0.044715 * x**3)))
+    return 0.5 * x * (1 + torch.erf(x / 2**0.5))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_inference_gelu_values_and_layout(approximate, memory_format, dtype):
+    """The fused model's GELU gives GELU's values in the input's layout and leaves its input alone."""
+    x = (torch.randn(2, 8, 5, 6, dtype=dtype) * 4).contiguous(memory_format=memory_format)
+    before = x.clone()
+    gelu = InferenceGELU(approximate)
+    for context in (torch.no_grad(), torch.inference_mode()):
+        with context:
+            out = gelu(x)
+        tol = dict(rtol=1e-6, atol=1e-6) if dtype == torch.float32 else dict(rtol=1e-12, atol=1e-12)
+        torch.testing.assert_close(out.double(), gelu_from_its_equation(x, approximate), **tol)
+        assert out.is_contiguous(memory_format=memory_format) and out.dtype == dtype
+        assert torch.equal(x, before)
+    with torch.no_grad():  # TorchScript runs the same routes
+        torch.testing.assert_close(torch.jit.script(gelu)(x), out, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_inference_gelu_keeps_autograd(approximate):
+    """Where autograd records, the gradient is GELU's (the in-place route would break backward)."""
+    x = torch.randn(2, 8, 5, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    InferenceGELU(approximate)(x1).square().sum().backward()
+    torch.nn.functional.gelu(x2, approximate=approximate).square().sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
+
+
+def test_fuse_replaces_gelus():
+    model = _small_nfnet()
+    assert any(type(m) is nn.GELU for m in model.modules())
+    fused = nfzoo.fuse(model)
+    assert not any(type(m) is nn.GELU for m in fused.modules())
+    assert {m.approximate for m in fused.modules() if isinstance(m, InferenceGELU)} == {"tanh"}
 
 
 @pytest.mark.parametrize("name", ["nfnet_f0", "resnet50_bcn_ws"])
