@@ -57,7 +57,7 @@ class BenchConfig:
     img_size: int = 128
     infer_batch: int = 16
     train_batch: int = 8
-    iters: int = 5
+    iters: int = 8
     warmup: int = 1
     device: str = "cpu"
 
@@ -87,9 +87,24 @@ def time_rounds(fns: dict[str, Callable[[], object]], cfg: BenchConfig) -> dict[
     return times
 
 
+def _round_ratios(times: dict[str, list[float]], ref_label: str) -> dict[str, list[float]]:
+    return {label: [r / t for r, t in zip(times[ref_label], ts)] for label, ts in times.items()}
+
+
 def speedups(times: dict[str, list[float]], ref_label: str) -> dict[str, float]:
     """Per model, the median over rounds of the reference's time divided by its own (> 1: faster)."""
-    return {label: statistics.median(r / t for r, t in zip(times[ref_label], ts)) for label, ts in times.items()}
+    return {label: statistics.median(ratios) for label, ratios in _round_ratios(times, ref_label).items()}
+
+
+def speedup_quartiles(times: dict[str, list[float]], ref_label: str) -> dict[str, tuple[float, float]]:
+    """Per model, the first and third quartiles of the per-round speedups: how far the machine's
+    drift moves the ratio between rounds."""
+    def quartiles(ratios: list[float]) -> tuple[float, float]:
+        if len(ratios) < 2:
+            return ratios[0], ratios[0]
+        q1, _, q3 = statistics.quantiles(ratios, n=4, method="inclusive")
+        return q1, q3
+    return {label: quartiles(ratios) for label, ratios in _round_ratios(times, ref_label).items()}
 
 
 def peak_step_memory(fn: Callable[[], object], cfg: BenchConfig) -> int:
@@ -157,9 +172,11 @@ def _bench_inference(models: dict[str, nn.Module], cfg: BenchConfig) -> dict[str
                     return model(x)
             return call
         times = time_rounds({label: forward(model) for label, model in models.items()}, cfg)
+        spread = speedup_quartiles(times, next(iter(models)))
         for label, speedup in speedups(times, next(iter(models))).items():
             seconds = statistics.median(times[label])
-            out[label] |= {metric: seconds * 1e3 if batch == 1 else batch / seconds, f"{metric}_speedup": speedup}
+            out[label] |= {metric: seconds * 1e3 if batch == 1 else batch / seconds, f"{metric}_speedup": speedup,
+                           f"{metric}_speedup_quartiles": spread[label]}
     return out
 
 
@@ -188,9 +205,11 @@ def _train_step_fn(model: nn.Module, zoo: bool, cfg: BenchConfig) -> Callable[[]
 def _bench_training(models: dict[str, nn.Module], cfg: BenchConfig) -> dict[str, dict[str, float]]:
     steps = {label: _train_step_fn(model.train(), label.startswith("nfzoo"), cfg) for label, model in models.items()}
     times = time_rounds(steps, cfg)
+    spread = speedup_quartiles(times, next(iter(models)))
     out = {}
     for label, speedup in speedups(times, next(iter(models))).items():
         out[label] = {"train_img_s": cfg.train_batch / statistics.median(times[label]), "train_img_s_speedup": speedup,
+                      "train_img_s_speedup_quartiles": spread[label],
                       "train_peak_mib": peak_step_memory(steps[label], cfg) / 2**20}
         models[label].zero_grad(set_to_none=True)
     return out
@@ -290,8 +309,8 @@ _METRICS = [  # key, label, higher is better
 
 def format_results(results: dict[str, dict[str, float]], ref_label: str, cfg: BenchConfig) -> str:
     """A plain-text table; ratios are relative to timm, > 1 meaning nfzoo is better. Timed
-    metrics show the median of the per-round ratios (:func:`speedups`), the others the ratio of
-    the values."""
+    metrics show the median of the per-round ratios (:func:`speedups`) and their quartiles, the
+    others the ratio of the values."""
     ref = results[ref_label]
     labels = [k for k in results if k not in ("agc", "logits_max_abs_diff_vs_timm")]
     width = max(map(len, labels)) + 2
@@ -304,6 +323,9 @@ def format_results(results: dict[str, dict[str, float]], ref_label: str, cfg: Be
             v = results[k][key]
             speedup = results[k].get(f"{key}_speedup", (v / ref[key]) if higher else (ref[key] / v))
             ratio = "" if k == ref_label else f" ({speedup:.2f}x)"
+            if k != ref_label and f"{key}_speedup_quartiles" in results[k]:
+                q1, q3 = results[k][f"{key}_speedup_quartiles"]
+                ratio = f" ({speedup:.2f}x, {q1:.2f}-{q3:.2f})"
             row += f"{f'{v:.4g}{ratio}':>{width}}"
         lines.append(row)
     agc = results["agc"]
@@ -327,7 +349,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
     p.add_argument("--img-size", type=int, help="default 128 on CPU, 256 on GPU")
     p.add_argument("--infer-batch", type=int, help="large-batch inference (default 16 CPU, 256 GPU)")
     p.add_argument("--train-batch", type=int, help="training batch (default 8 CPU, 64 GPU)")
-    p.add_argument("--iters", type=int, help="timed rounds, medians reported (default 5 CPU, 20 GPU)")
+    p.add_argument("--iters", type=int, help="timed rounds, medians reported (default 8 CPU, 20 GPU)")
     p.add_argument("--warmup", type=int, help="untimed iterations first (default 1 CPU, 5 GPU)")
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     args = p.parse_args(argv)
@@ -339,7 +361,7 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         img_size=args.img_size or (256 if gpu else 128),
         infer_batch=args.infer_batch or (256 if gpu else 16),
         train_batch=args.train_batch or (64 if gpu else 8),
-        iters=args.iters or (20 if gpu else 5),
+        iters=args.iters or (20 if gpu else 8),
         warmup=args.warmup or (5 if gpu else 1))
     if gpu:
         torch.backends.cudnn.benchmark = True

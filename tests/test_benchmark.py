@@ -1,7 +1,8 @@
 """The benchmark's measuring helpers (the benchmark itself is a script: eval/bench.py)."""
 import torch
 
-from nfzoo.benchmark import BenchConfig, device_peak_tflops, peak_step_memory, speedups, time_rounds
+from nfzoo.benchmark import (BenchConfig, device_peak_tflops, format_results, peak_step_memory, speedup_quartiles,
+                             speedups, time_rounds)
 
 
 def test_peak_table_lookup():
@@ -32,3 +33,17 @@ def test_rounds_interleave_the_functions_and_ratios_are_per_round():
     # once, while the ratio of the medians (4 / 0.5) would say 8x
     ratios = speedups({"ref": [1.0, 4.0, 4.0], "fast": [0.5, 0.5, 2.0]}, "ref")
     assert ratios == {"ref": 1.0, "fast": 2.0}
+
+
+def test_speedup_quartiles_show_the_spread_of_the_round_ratios():
+    times = {"ref": [1.0] * 5, "fast": [1 / 2, 1 / 1, 1 / 3, 1 / 5, 1 / 4]}  # per-round ratios 2, 1, 3, 5, 4
+    assert speedup_quartiles(times, "ref") == {"ref": (1.0, 1.0), "fast": (2.0, 4.0)}
+    assert speedup_quartiles({"ref": [1.0], "fast": [0.5]}, "ref")["fast"] == (2.0, 2.0)  # one round
+
+
+def test_format_results_prints_ratios_with_their_quartiles():
+    results = {"logits_max_abs_diff_vs_timm": {"zoo": 1e-6}, "agc": {"agc_timm_ms": 4.0, "agc_nfzoo_ms": 1.0, "agc_speedup": 4.0},
+               "timm": {"infer_img_s": 10.0}, "zoo": {"infer_img_s": 12.0, "infer_img_s_speedup": 1.25,
+                                                       "infer_img_s_speedup_quartiles": (1.1, 1.3)}}
+    row = next(line for line in format_results(results, "timm", BenchConfig()).splitlines() if line.startswith("inference"))
+    assert "12 (1.25x, 1.10-1.30)" in row
