@@ -291,6 +291,8 @@ def run(cfg: BenchConfig) -> dict[str, dict[str, float]]:
     for res in results.values():
         if "infer_img_s" in res:
             res["infer_tflops"] = flops * res["infer_img_s"] / 1e12
+            # the same work per image: the same per-round ratio as images/s
+            res["infer_tflops_speedup"] = res["infer_img_s_speedup"]
             if peak:
                 res["infer_pct_peak"] = 100 * res["infer_tflops"] / peak
     print(format_results(results, ref_label, cfg))

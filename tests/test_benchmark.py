@@ -1,4 +1,5 @@
-"""The benchmark's measuring helpers (the benchmark itself is a script: eval/bench.py)."""
+"""The benchmark (eval/bench.py): its measuring helpers, its table, and one whole run at a tiny size."""
+import timm
 import torch
 
 from nfzoo.benchmark import (BenchConfig, device_peak_tflops, format_results, peak_step_memory, speedup_quartiles,
@@ -47,3 +48,22 @@ def test_format_results_prints_ratios_with_their_quartiles():
                                                        "infer_img_s_speedup_quartiles": (1.1, 1.3)}}
     row = next(line for line in format_results(results, "timm", BenchConfig()).splitlines() if line.startswith("inference"))
     assert "12 (1.25x, 1.10-1.30)" in row
+
+
+def test_benchmark_end_to_end_at_tiny_size(capsys):
+    """The whole CPU benchmark at 32 px: every model gets every metric, ratios against timm."""
+    from nfzoo.benchmark import main
+
+    results = main(["--device", "cpu", "--img-size", "32", "--infer-batch", "2", "--train-batch", "2",
+                    "--iters", "2", "--warmup", "0"])
+    models = [k for k in results if k not in ("agc", "logits_max_abs_diff_vs_timm")]
+    assert models == ["timm dm_nfnet_f0", "nfzoo nfnet_f0 (timm)", "nfzoo nfnet_f0 (deepmind)"]
+    for label in models:
+        res = results[label]
+        assert res["infer_tflops_speedup"] == res["infer_img_s_speedup"] > 0
+        q1, q3 = res["train_img_s_speedup_quartiles"]
+        assert 0 < q1 <= res["train_img_s_speedup"] <= q3
+    assert results["timm dm_nfnet_f0"]["latency_ms_speedup"] == 1.0
+    assert results["logits_max_abs_diff_vs_timm"]["nfzoo nfnet_f0 (timm)"] < 1e-4  # the same function
+    out = capsys.readouterr().out
+    assert f"timm {timm.__version__}" in out and "AGC over F0's params" in out
