@@ -53,7 +53,8 @@ class InferenceGELU(nn.GELU):
       permutation, which is contiguous (the same memory, nothing copied).
     * tanh GELU (DeepMind's): ``x * sigmoid(2u)`` in four passes over one fresh tensor, in place,
       is 1.4-1.6x faster than torch's tanh GELU kernel. Where autograd records the call, the plain
-      GELU runs instead: its in-place passes would overwrite what the backward needs.
+      GELU runs instead: its in-place passes would overwrite what the backward needs. So it does
+      for half-precision inputs, which four roundings instead of one would make less exact.
 
     On other devices it is ``nn.GELU``.
     """
@@ -62,7 +63,7 @@ class InferenceGELU(nn.GELU):
         if x.device.type != "cpu":
             return F.gelu(x, approximate=self.approximate)
         if self.approximate == "tanh":
-            if torch.is_grad_enabled() and x.requires_grad:
+            if (torch.is_grad_enabled() and x.requires_grad) or x.dtype not in (torch.float32, torch.float64):
                 return F.gelu(x, approximate="tanh")
             # 0.5 * x * (1 + tanh(u)) == x * sigmoid(2u), with 2u = x * (k + k * 0.044715 * x**2)
             k = 2.0 * math.sqrt(2.0 / math.pi)

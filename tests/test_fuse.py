@@ -229,6 +229,15 @@ def test_inference_gelu_values_and_layout(approximate, memory_format, dtype):
 
 
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_inference_gelu_rounds_half_precision_once(approximate):
+    """bfloat16 and float16 get torch's GELU (computed in float32, rounded once), value for value."""
+    for dtype in (torch.bfloat16, torch.float16):
+        x = (torch.randn(4, 16, 8, 8) * 4).to(dtype).contiguous(memory_format=torch.channels_last)
+        with torch.no_grad():
+            assert torch.equal(InferenceGELU(approximate)(x), torch.nn.functional.gelu(x, approximate=approximate))
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_inference_gelu_keeps_autograd(approximate):
     """Where autograd records, the gradient is GELU's (the in-place route would break backward)."""
     x = torch.randn(2, 8, 5, 6, dtype=torch.float64).contiguous(memory_format=torch.channels_last)
