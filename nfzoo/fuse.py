@@ -41,12 +41,13 @@ from .layers.activations import GammaAct
 from .layers.std_conv import is_weight_standardized
 from .models.nfnet import FusedNFBlock, NFBlock
 
-__all__ = ["fuse", "InferenceGELU", "PaddedConv2d"]
+__all__ = ["fuse", "inference_gelu", "InferenceGELU", "PaddedConv2d"]
 
 
-class InferenceGELU(nn.GELU):
-    """``nn.GELU`` (either ``approximate``) by the faster of torch's CPU routes, to float round-off
-    the same values. Measured on a 2-core AVX2 EPYC, torch 2.15 (docs/speed.md):
+@torch.fx.wrap  # a traced fused model records one call here, not the routes' control flow
+def inference_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """``F.gelu(x, approximate=approximate)`` by the faster of torch's CPU routes, to float
+    round-off the same values. Measured on a 2-core AVX2 EPYC, torch 2.15 (docs/speed.md):
 
     * erf GELU: torch runs a contiguous float input through oneDNN's kernel and a channels_last
       one through its own, 1.3-1.5x slower; a channels_last input goes in as its NHWC
@@ -56,22 +57,27 @@ class InferenceGELU(nn.GELU):
       GELU runs instead: its in-place passes would overwrite what the backward needs. So it does
       for half-precision inputs, which four roundings instead of one would make less exact.
 
-    On other devices it is ``nn.GELU``.
+    On other devices it is ``F.gelu``.
     """
+    if x.device.type != "cpu":
+        return F.gelu(x, approximate=approximate)
+    if approximate == "tanh":
+        if (torch.is_grad_enabled() and x.requires_grad) or x.dtype not in (torch.float32, torch.float64):
+            return F.gelu(x, approximate="tanh")
+        # 0.5 * x * (1 + tanh(u)) == x * sigmoid(2u), with 2u = x * (k + k * 0.044715 * x**2)
+        k = 2.0 * math.sqrt(2.0 / math.pi)
+        two_u = torch.addcmul(x.new_full((), k), x, x, value=k * 0.044715).mul_(x)
+        return two_u.sigmoid_().mul_(x)
+    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+        return F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+    return F.gelu(x)
+
+
+class InferenceGELU(nn.GELU):
+    """``nn.GELU`` computed by :func:`inference_gelu`: what :func:`fuse` puts in its place."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.device.type != "cpu":
-            return F.gelu(x, approximate=self.approximate)
-        if self.approximate == "tanh":
-            if (torch.is_grad_enabled() and x.requires_grad) or x.dtype not in (torch.float32, torch.float64):
-                return F.gelu(x, approximate="tanh")
-            # 0.5 * x * (1 + tanh(u)) == x * sigmoid(2u), with 2u = x * (k + k * 0.044715 * x**2)
-            k = 2.0 * math.sqrt(2.0 / math.pi)
-            two_u = torch.addcmul(x.new_full((), k), x, x, value=k * 0.044715).mul_(x)
-            return two_u.sigmoid_().mul_(x)
-        if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
-            return F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
-        return F.gelu(x)
+        return inference_gelu(x, self.approximate)
 
 
 class PaddedConv2d(nn.Conv2d):

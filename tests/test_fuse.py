@@ -247,6 +247,26 @@ def test_inference_gelu_keeps_autograd(approximate):
     torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("numerics", ["deepmind", "timm"])
+def test_fused_nfnet_traces_with_fx(numerics):
+    """With SAME padding resolved, a fused NFNet traces with plain torch.fx, its GELUs one call each."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("nfnet_f0", num_classes=10, depths=(1, 1, 1, 1), widths=(32, 64, 64, 64),
+                              stem_width=16, group_width=16, numerics=numerics).eval()
+    fused = nfzoo.fuse(model, input_size=(3, 64, 64))
+    traced = torch.fx.symbolic_trace(fused)
+    x = torch.randn(2, 3, 64, 64)
+    gelu_calls = []
+    for m in fused.modules():
+        if isinstance(m, InferenceGELU):
+            m.register_forward_hook(lambda *args: gelu_calls.append(1))
+    torch.testing.assert_close(reference(traced, x), reference(fused, x), rtol=0, atol=0)
+    nodes = [n for n in traced.graph.nodes if n.op == "call_function" and n.target.__name__ == "inference_gelu"]
+    assert len(nodes) == len(gelu_calls) > 0
+
+
 def test_fuse_replaces_gelus():
     model = _small_nfnet()
     assert any(type(m) is nn.GELU for m in model.modules())
