@@ -15,8 +15,8 @@ function (to float round-off) with less work:
   to the conv's weight;
 * every ``nn.GELU`` becomes an :class:`InferenceGELU`, the same values by torch's faster CPU routes.
 
-The result runs without weight arithmetic, exports to ONNX and TorchScript, and compiles with
-``torch.compile`` in one graph. Its 2-d convs hold ``channels_last`` weights unless told
+The result runs without weight arithmetic, exports to ONNX and TorchScript, compiles with
+``torch.compile`` in one graph and, given ``input_size``, traces with ``torch.fx``. Its 2-d convs hold ``channels_last`` weights unless told
 otherwise (see :func:`fuse`). It is for inference: training it would train the folded
 weights directly, without stochastic depth.
 
