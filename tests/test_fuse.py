@@ -267,6 +267,23 @@ def test_fused_nfnet_traces_with_fx(numerics):
     assert len(nodes) == len(gelu_calls) > 0
 
 
+def test_fused_nfnet_exports_to_onnx(tmp_path):
+    """The fused NFNet, in-place GELU passes included, exports to ONNX with the same logits."""
+    import timm
+
+    ort = pytest.importorskip("onnxruntime")
+    torch.manual_seed(0)
+    model = timm.create_model("nfnet_f0", num_classes=10, depths=(1, 1, 1, 1), widths=(32, 64, 64, 64),
+                              stem_width=16, group_width=16).eval()
+    fused = nfzoo.fuse(model, input_size=(3, 64, 64))
+    x = torch.randn(2, 3, 64, 64)
+    path = tmp_path / "nfnet.onnx"
+    torch.onnx.export(fused, (x,), str(path), dynamo=True)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    torch.testing.assert_close(torch.from_numpy(out), reference(model, x), rtol=1e-4, atol=1e-5)
+
+
 def test_fuse_replaces_gelus():
     model = _small_nfnet()
     assert any(type(m) is nn.GELU for m in model.modules())
