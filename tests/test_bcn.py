@@ -91,6 +91,18 @@ def test_estimate_called_twice_before_backward():
         torch.testing.assert_close(grad, fresh.grad)
 
 
+@pytest.mark.parametrize("micro_batch", [None, 2])
+def test_estimate_never_reads_a_tensor_back_to_the_host(monkeypatch, micro_batch):
+    """A training call reads no tensor back (``.item()``), which on a GPU would wait for every
+    kernel queued before it, in every BCN layer of every step."""
+    layer, x = _layer("estimate", moving_speed=0.25, micro_batch=micro_batch).train(), _input()
+
+    def refuse(self):
+        raise AssertionError("a host read-back in a training call")
+    monkeypatch.setattr(torch.Tensor, "item", refuse)
+    layer(x).sum().backward()
+
+
 def test_estimate_converges_to_batch_statistics():
     layer, x = _layer("estimate", moving_speed=0.5).train(), _input()
     with torch.no_grad():

@@ -171,7 +171,7 @@ class EstimatedBatchNorm2d(nn.BatchNorm2d):
                 return _channel_mean(t[0], self.process_group)[0].unsqueeze(0)
             return t.mean((1, 3, 4))
 
-        speed = self.estbn_moving_speed.item()
+        speed = self.estbn_moving_speed  # a tensor: no host read-back per call (a GPU sync)
         xf = xs.to(torch.promote_types(xs.dtype, torch.float32))  # half-precision inputs: float32 statistics
         means = lerp_sequence(self.running_mean.to(xf.dtype), channel_means(xf), speed)
         deviations = (xf - means[:-1].view(len(xs), 1, -1, 1, 1)) ** 2  # around the estimate before the update

@@ -28,17 +28,20 @@ def split_micro_batches(x: torch.Tensor, micro_batch: int | None) -> torch.Tenso
 
 
 @torch.no_grad()
-def lerp_sequence(start: torch.Tensor, values: torch.Tensor, weight: float) -> torch.Tensor:
+def lerp_sequence(start: torch.Tensor, values: torch.Tensor, weight: float | torch.Tensor) -> torch.Tensor:
     """The states of ``state.lerp_(value, weight)`` applied for each row of ``values`` (k, C) in turn,
     from ``start`` (C,): a (k + 1, C) tensor whose row i is the state before value i is taken in
     (row k: after all of them). Closed form, ``s_i = q^i s_0 + weight * sum_{j<i} q^(i-1-j) v_j``
-    with ``q = 1 - weight``, so that it costs a few ops whatever k is (a plain lerp for k = 1)."""
+    with ``q = 1 - weight``, so that it costs a few ops whatever k is (a plain lerp for k = 1).
+    ``weight`` may be a one-element tensor (a buffer): it is never read back to the host."""
     k = values.shape[0]
     if k == 1:  # the common case, one update: no need for the closed form
-        return torch.stack([start, start.lerp(values[0].to(start.dtype), weight)])
+        w = weight.to(start.dtype) if isinstance(weight, torch.Tensor) else weight
+        return torch.stack([start, start.lerp(values[0].to(start.dtype), w)])
     steps = torch.arange(k + 1, dtype=torch.float64, device=values.device)
-    q = 1.0 - weight
+    w = torch.as_tensor(weight, dtype=torch.float64, device=values.device)
+    q = 1.0 - w
     lags = steps.view(-1, 1) - 1 - steps[:k].view(1, -1)  # i - 1 - j
-    coefs = torch.where(lags >= 0, weight * q ** lags.clamp(min=0), torch.zeros((), dtype=torch.float64))
+    coefs = torch.where(lags >= 0, w * q ** lags.clamp(min=0), torch.zeros((), dtype=torch.float64))
     states = (q ** steps).view(-1, 1) * start.double() + coefs @ values.double()
     return states.to(start.dtype)
