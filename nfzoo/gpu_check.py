@@ -36,6 +36,7 @@ import nfzoo
 from .benchmark import (BenchConfig, _autocast, _bench_agc, _forward_flops, _inputs, _train_step_fn,
                         build_models, device_peak_tflops, peak_step_memory, speedups, time_rounds)
 from .atomic_files import atomic_path
+from .machine import device_name
 
 __all__ = ["CheckConfig", "TARGETS", "target_verdicts", "format_markdown", "run", "main"]
 
@@ -83,7 +84,7 @@ class Check:
 
     def __init__(self, cfg: CheckConfig, out: Path):
         self.cfg, self.out, self.start = cfg, Path(out), time.perf_counter()
-        name = torch.cuda.get_device_name() if cfg.gpu else (platform.processor() or platform.machine())
+        name = device_name(torch.device(cfg.device))
         self.results: dict[str, Any] = {
             "device": name, "dense_bf16_peak_tflops": device_peak_tflops(name) if cfg.gpu else None,
             "precision": "bf16 autocast, channels_last" if cfg.gpu else "float32",
