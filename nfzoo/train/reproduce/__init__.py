@@ -27,6 +27,7 @@ from typing import Callable, Iterator
 
 import torch
 
+from ...atomic_files import write_atomic
 from ...machine import device_name
 from .experiments import (
     NORMS, ResultsFile, Setup, agc_tasks, load_data, norm_tasks, remove_run, run_agc, run_norm,
@@ -81,10 +82,10 @@ def _results(tasks: list[tuple[str, dict]], args: argparse.Namespace, setup: Set
 
 def _write_report(out: Path, setup: Setup, csvs: dict[str, ResultsFile]) -> None:
     if csvs["norms"].rows:
-        (out / "norms.md").write_text(norm_table(csvs["norms"].rows, setup.norms, setup.micro_batches) + "\n")
+        write_atomic(out / "norms.md", norm_table(csvs["norms"].rows, setup.norms, setup.micro_batches) + "\n")
         plot_norms(csvs["norms"].rows, setup.norms, setup.micro_batches, out / "norms.png")
     if csvs["agc"].rows:
-        (out / "agc.md").write_text(agc_table(csvs["agc"].rows) + "\n")
+        write_atomic(out / "agc.md", agc_table(csvs["agc"].rows) + "\n")
         plot_agc(csvs["agc"].rows, out / "agc.png")
 
 
@@ -126,4 +127,4 @@ def main(argv: list[str] | None = None, sizes: Setup | None = None) -> None:
         "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "setup": asdict(setup),
     }
-    (args.out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    write_atomic(args.out / "meta.json", json.dumps(meta, indent=1) + "\n")

@@ -6,6 +6,7 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
+from ...atomic_files import atomic_open
 from .experiments import EVERY_BATCH
 
 __all__ = ["norm_table", "agc_table", "plot_norms", "plot_agc", "mean_std"]
@@ -89,6 +90,13 @@ def agc_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _save(fig, path: Path, dpi: int) -> None:
+    """Write ``fig`` as a PNG atomically, then free it."""
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, format="png", dpi=dpi)
+    _pyplot().close(fig)
+
+
 def _pyplot():
     import matplotlib
     matplotlib.use("Agg")
@@ -110,8 +118,7 @@ def plot_norms(rows: list[dict], norms: tuple[str, ...], micro_batches: tuple[in
     ax.set_title("Fashion-MNIST: error vs. images per GPU")
     ax.legend(ncol=2, fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    _save(fig, path, dpi=120)
 
 
 def plot_agc(rows: list[dict], path: Path) -> None:
@@ -138,5 +145,4 @@ def plot_agc(rows: list[dict], path: Path) -> None:
     for row in axes:
         row[0].set_ylabel("training loss (a NaN ends a curve)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _save(fig, path, dpi=110)
