@@ -43,6 +43,17 @@ def test_default_cfgs(name):
     assert len(cfg["pool_size"]) == 2 and len(cfg["input_size"]) == 3
 
 
+@pytest.mark.parametrize("name", sorted(nfzoo.ZOO_MODELS))
+def test_features_only_defaults_to_every_level(name):
+    """timm's features test builds every model with ``features_only=True`` and no out_indices:
+    that must give each of the model's feature levels, however few stages it has (nfnet_mini: 3)."""
+    with torch.device("meta"):
+        levels = timm.create_model(name).feature_info
+        features = timm.create_model(name, features_only=True)
+    assert features.feature_info.channels() == [level["num_chs"] for level in levels]
+    assert features.feature_info.reduction() == [level["reduction"] for level in levels]
+
+
 @pytest.mark.parametrize("name", FAMILIES)
 def test_forward_features_and_reset_classifier(name):
     model = create(name).eval()

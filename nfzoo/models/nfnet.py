@@ -415,9 +415,12 @@ class NFNet(nn.Module):
 
 def create_nf_model(variant: str, cfg: NFNetCfg, pretrained: bool = False, **kwargs: Any) -> NFNet:
     """Build a registered NFNet or NF-ResNet variant through the zoo's builder."""
+    # features_only returns every level by default: the stem's and one per stage (timm's
+    # default of five levels would not exist in a shallower net such as nfnet_mini)
+    levels = 1 + len(kwargs.get("depths", cfg.depths))
     return build_zoo_model(
         NFNet, variant, pretrained, checkpoint_filter=checkpoint_filter_fn,
-        model_cfg=cfg, feature_cfg=dict(flatten_sequential=True), **kwargs)
+        model_cfg=cfg, feature_cfg=dict(flatten_sequential=True, out_indices=tuple(range(levels))), **kwargs)
 
 
 def nf_pretrained_cfg(**kwargs: Any) -> dict[str, Any]:
