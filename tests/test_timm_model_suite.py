@@ -14,8 +14,9 @@ from timm.models import get_notrace_functions, get_notrace_modules
 
 import nfzoo
 
-FAMILIES = ["nfnet_f0", "dm_nf_resnet152", "resnet50_gn_ws", "resnext50_32x4d_gn_ws", "resnet50_bcn_ws"]
-SMALL = dict(nfnet_f0=dict(depths=(1, 1, 1, 1)), dm_nf_resnet152=dict(depths=(1, 1, 1, 1)))
+# one model per block family, and nfnet_mini for its three stages (output stride 16)
+FAMILIES = ["nfnet_f0", "dm_nf_resnet152", "resnet50_gn_ws", "resnext50_32x4d_gn_ws", "resnet50_bcn_ws", "nfnet_mini"]
+SMALL = dict(nfnet_f0=dict(depths=(1, 1, 1, 1)), dm_nf_resnet152=dict(depths=(1, 1, 1, 1)), nfnet_mini=dict(in_chans=3))
 SIZE = 64
 
 
@@ -58,12 +59,13 @@ def test_features_only_defaults_to_every_level(name):
 def test_forward_features_and_reset_classifier(name):
     model = create(name).eval()
     x = torch.randn(1, 3, SIZE, SIZE)
+    out_size = SIZE // model.feature_info[-1]["reduction"]
     with torch.no_grad():
-        assert model.forward_features(x).shape[-2:] == (SIZE // 32, SIZE // 32)
+        assert model.forward_features(x).shape[-2:] == (out_size, out_size)
         model.reset_classifier(0)
         assert model(x).shape == (1, model.num_features)
         model.reset_classifier(0, "")
-        assert model(x).shape[-2:] == (SIZE // 32, SIZE // 32)
+        assert model(x).shape[-2:] == (out_size, out_size)
 
 
 @pytest.mark.parametrize("name", FAMILIES)
