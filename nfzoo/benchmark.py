@@ -324,10 +324,9 @@ def format_results(results: dict[str, dict[str, float]], ref_label: str, cfg: Be
         for k in labels:
             v = results[k][key]
             speedup = results[k].get(f"{key}_speedup", (v / ref[key]) if higher else (ref[key] / v))
-            ratio = "" if k == ref_label else f" ({speedup:.2f}x)"
-            if k != ref_label and f"{key}_speedup_quartiles" in results[k]:
-                q1, q3 = results[k][f"{key}_speedup_quartiles"]
-                ratio = f" ({speedup:.2f}x, {q1:.2f}-{q3:.2f})"
+            spread = results[k].get(f"{key}_speedup_quartiles")
+            spread = f", {spread[0]:.2f}-{spread[1]:.2f}" if spread else ""
+            ratio = "" if k == ref_label else f" ({speedup:.2f}x{spread})"
             row += f"{f'{v:.4g}{ratio}':>{width}}"
         lines.append(row)
     agc = results["agc"]
