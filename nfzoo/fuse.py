@@ -16,14 +16,14 @@ function (to float round-off) with less work:
 * every ``nn.GELU`` becomes an :class:`InferenceGELU`, the same values by torch's faster CPU routes.
 
 The result runs without weight arithmetic, exports to ONNX and TorchScript, compiles with
-``torch.compile`` in one graph and, given ``input_size``, traces with ``torch.fx``. Its 2-d
+``torch.compile`` in one graph and traces with ``torch.fx``. Its 2-d
 convs hold ``channels_last`` weights unless told otherwise (see :func:`fuse`). It is for
 inference: training it would train the folded weights directly, without stochastic depth.
 
 TensorFlow-style SAME padding of a strided conv depends on the input size. Given
 ``input_size``, ``fuse`` resolves it once for that size: a symmetric padding becomes the conv's
 own padding, an asymmetric one a fixed zero pad (:class:`PaddedConv2d`). Without it, such convs
-keep computing their padding per input (timm's ``Conv2dSame``).
+keep computing their padding per input (:class:`SamePadConv2d`).
 """
 from __future__ import annotations
 
@@ -34,14 +34,15 @@ from collections.abc import Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from timm.layers import Conv2dSame
-from timm.layers.padding import get_same_padding
+from timm.layers.padding import get_same_padding, pad_same
 
 from .layers.activations import GammaAct
 from .layers.std_conv import is_weight_standardized
 from .models.nfnet import FusedNFBlock, NFBlock
 
-__all__ = ["fuse", "inference_gelu", "InferenceGELU", "PaddedConv2d"]
+__all__ = ["fuse", "inference_gelu", "InferenceGELU", "PaddedConv2d", "SamePadConv2d"]
+
+torch.fx.wrap("pad_same")  # one node in a trace: the padding depends on the input's size
 
 
 @torch.fx.wrap  # a traced fused model records one call here, not the routes' control flow
@@ -94,6 +95,13 @@ class PaddedConv2d(nn.Conv2d):
         return super().extra_repr() + f", pad={self.pad}"
 
 
+class SamePadConv2d(nn.Conv2d):
+    """Conv2d after TensorFlow SAME zero padding, computed for each input's size."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(pad_same(x, self.kernel_size, self.stride, self.dilation), self.weight, self.bias)
+
+
 def _same_pad(conv: nn.Conv2d, in_hw: Sequence[int]) -> tuple[int, int, int, int]:
     """TensorFlow SAME padding (left, right, top, bottom) of ``conv`` for an input of size in_hw."""
     ph, pw = (get_same_padding(x, k, s, d)
@@ -111,8 +119,7 @@ def _plain_conv(conv: nn.Module, in_hw: Sequence[int] | None) -> nn.Module:
         device=conv.weight.device, dtype=conv.weight.dtype)
     if getattr(conv, "dynamic_same_pad", False):
         if in_hw is None:
-            base = Conv2dSame  # pads per input; takes no padding_mode (always zeros)
-            del kwargs["padding_mode"]
+            base = SamePadConv2d  # its padding is 0 (get_padding_value's answer for dynamic SAME)
         else:
             left, right, top, bottom = _same_pad(conv, in_hw)
             if (left, top) == (right, bottom):
