@@ -74,13 +74,17 @@ def _sync(device: str) -> None:
 def time_rounds(fns: dict[str, Callable[[], object]], cfg: BenchConfig) -> dict[str, list[float]]:
     """Wall times in seconds of every function, called in turn once per round, ``cfg.iters``
     rounds after ``cfg.warmup`` untimed ones: the functions compared run under the same machine
-    conditions round by round, so their per-round ratios hold even while the load drifts."""
+    conditions round by round, so their per-round ratios hold even while the load drifts. Each
+    round starts one function further along, so that none always runs first or always follows
+    the same other one (on caches it left)."""
     times: dict[str, list[float]] = {label: [] for label in fns}
+    labels = list(fns)
     for round_idx in range(cfg.warmup + cfg.iters):
-        for label, fn in fns.items():
+        shift = round_idx % len(labels)
+        for label in labels[shift:] + labels[:shift]:
             _sync(cfg.device)
             start = time.perf_counter()
-            fn()
+            fns[label]()
             _sync(cfg.device)
             if round_idx >= cfg.warmup:
                 times[label].append(time.perf_counter() - start)

@@ -25,11 +25,11 @@ def test_cpu_peak_step_memory_sees_transient_allocations():
     assert 6 * 2**20 <= peak < 7 * 2**20
 
 
-def test_rounds_interleave_the_functions_and_ratios_are_per_round():
+def test_rounds_interleave_the_functions_in_rotating_order_and_ratios_are_per_round():
     calls = []
-    times = time_rounds({"a": lambda: calls.append("a"), "b": lambda: calls.append("b")},
+    times = time_rounds({name: (lambda name=name: calls.append(name)) for name in "abc"},
                         BenchConfig(device="cpu", iters=3, warmup=2))
-    assert calls == ["a", "b"] * 5 and [len(t) for t in times.values()] == [3, 3]
+    assert "".join(calls) == "abc" "bca" "cab" "abc" "bca" and [len(t) for t in times.values()] == [3, 3, 3]
     # the load rises after round 1 and spares "fast" once: per round it is 2x every time but that
     # once, while the ratio of the medians (4 / 0.5) would say 8x
     ratios = speedups({"ref": [1.0, 4.0, 4.0], "fast": [0.5, 0.5, 2.0]}, "ref")
