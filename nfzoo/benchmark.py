@@ -372,6 +372,6 @@ def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:
         torch.backends.cudnn.benchmark = True
     print(f"nfzoo vs timm, NFNet-{cfg.variant.upper()} at {cfg.img_size} px on {describe_device(cfg)}; "
           f"batch 1 / {cfg.infer_batch} inference, {cfg.train_batch} training; "
-          f"{cfg.iters} rounds after {cfg.warmup} warm-up, models in turn within a round, each round starting with the next; "
+          f"{cfg.iters} rounds after {cfg.warmup} warm-up, models in turn, each round starting with the next; "
           f"torch {torch.__version__}, timm {timm.__version__}", flush=True)
     return run(cfg)
