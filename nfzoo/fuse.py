@@ -16,9 +16,9 @@ function (to float round-off) with less work:
 * every ``nn.GELU`` becomes an :class:`InferenceGELU`, the same values by torch's faster CPU routes.
 
 The result runs without weight arithmetic, exports to ONNX and TorchScript, compiles with
-``torch.compile`` in one graph and traces with ``torch.fx``. Its 2-d
-convs hold ``channels_last`` weights unless told otherwise (see :func:`fuse`). It is for
-inference: training it would train the folded weights directly, without stochastic depth.
+``torch.compile`` in one graph and traces with ``torch.fx``. Its 2-d convs hold
+``channels_last`` weights unless told otherwise (see :func:`fuse`). It is for inference:
+training it would train the folded weights directly, without stochastic depth.
 
 TensorFlow-style SAME padding of a strided conv depends on the input size. Given
 ``input_size``, ``fuse`` resolves it once for that size: a symmetric padding becomes the conv's
