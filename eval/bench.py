@@ -7,7 +7,7 @@ import os
 
 # The CPU peak-memory figure comes from torch's profiler, whose tracing library (Kineto) logs
 # its stages to stderr, and on a machine without a GPU an "ERROR" line about the missing device.
-# Level 5 drops both (the start/stop trace lines remain); Kineto reads it before torch loads.
+# Level 5 drops both (the start/stop trace lines remain); Kineto reads it as torch loads.
 os.environ.setdefault("KINETO_LOG_LEVEL", "5")
 
 from nfzoo.benchmark import main  # noqa: E402
