@@ -25,7 +25,7 @@ from timm.utils.agc import adaptive_clip_grad
 from torch.utils.flop_counter import FlopCounterMode
 
 from .fuse import fuse
-from .machine import cpu_name
+from .machine import device_name
 from .optim import AGC, adaptive_grad_clip_
 from .optim.param_groups import agc_parameters
 
@@ -342,9 +342,10 @@ def format_results(results: dict[str, dict[str, float]], ref_label: str, cfg: Be
 
 
 def describe_device(cfg: BenchConfig) -> str:
+    name = device_name(torch.device(cfg.device))
     if cfg.gpu:
-        return f"{torch.cuda.get_device_name()}, bf16 autocast, channels_last"
-    return f"{cpu_name()}, {torch.get_num_threads()} threads, float32, NCHW inputs (nfzoo fused: channels_last weights)"
+        return f"{name}, bf16 autocast, channels_last"
+    return f"{name}, {torch.get_num_threads()} threads, float32, NCHW inputs (nfzoo fused: channels_last weights)"
 
 
 def main(argv: list[str] | None = None) -> dict[str, dict[str, float]]:

@@ -20,7 +20,9 @@ def cpu_name() -> str:
 
 
 def device_name(device: torch.device) -> str:
-    """The GPU's name for a CUDA device, else the CPU's name and its core count."""
+    """The GPU's name for a CUDA device, else the CPU's name, its core count and the vector
+    instruction set torch's CPU kernels use (``AVX2``, ``AVX512``): a virtual machine often names
+    only "Intel Xeon", and CPU figures move with the instruction set."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"{cpu_name()} ({os.cpu_count()} cores)"
+    return f"{cpu_name()} ({os.cpu_count()} cores, {torch.backends.cpu.get_cpu_capability()})"

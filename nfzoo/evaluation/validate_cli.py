@@ -20,6 +20,7 @@ import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 
 from .. import torchrun
 from ..fuse import fuse
+from ..machine import device_name
 from ..models._registry import zoo_name
 from .input_error import EvaluationError
 from .labels import RealLabels
@@ -134,7 +135,7 @@ def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[
         top1=round(result.top1, 3), top5=round(result.top5, 3),
         real_top1=result.real_top1, real_top5=result.real_top5,
         images=result.images, bad_images=len(result.bad_images), img_per_sec=round(result.images_per_sec, 2),
-        device=torch.cuda.get_device_name(runtime.device) if runtime.device.type == "cuda" else "cpu",
+        device=device_name(runtime.device),
         processes=runtime.world_size, precision=args.amp or "fp32", channels_last=args.channels_last,
         compiled=args.compile, fused=not args.no_fuse, batch_size=options.batch_size, img_size=cfg["input_size"][-1],
         crop_pct=cfg["crop_pct"], crop_mode=cfg["crop_mode"], interpolation=cfg["interpolation"],
