@@ -48,13 +48,15 @@ torch.fx.wrap("pad_same")  # one node in a trace: the padding depends on the inp
 @torch.fx.wrap  # a traced fused model records one call here, not the routes' control flow
 def inference_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """``F.gelu(x, approximate=approximate)`` by the faster of torch's CPU routes, to float
-    round-off the same values. Measured on a 2-core AVX2 EPYC, torch 2.15 (docs/speed.md):
+    round-off the same values. Measured with torch 2.15 on a 2-core AVX2 EPYC and a 2-core
+    AVX-512 Xeon (docs/speed.md):
 
     * erf GELU: torch runs a contiguous float input through oneDNN's kernel and a channels_last
-      one through its own, 1.3-1.5x slower; a channels_last input goes in as its NHWC
-      permutation, which is contiguous (the same memory, nothing copied).
+      one through its own, 1.3-1.5x slower on both; a float32 channels_last input goes in as its
+      NHWC permutation, which is contiguous (the same memory, nothing copied). Half-precision
+      inputs keep torch's route: on AVX-512 oneDNN's bfloat16 GELU rounds differently from it.
     * tanh GELU (DeepMind's): ``x * sigmoid(2u)`` in four passes over one fresh tensor, in place,
-      is 1.4-1.6x faster than torch's tanh GELU kernel. Where autograd records the call, the plain
+      is 1.4-1.8x faster than torch's tanh GELU kernel. Where autograd records the call, the plain
       GELU runs instead: its in-place passes would overwrite what the backward needs. So it does
       for half-precision inputs, which four roundings instead of one would make less exact.
 
@@ -69,7 +71,8 @@ def inference_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
         k = 2.0 * math.sqrt(2.0 / math.pi)
         two_u = torch.addcmul(x.new_full((), k), x, x, value=k * 0.044715).mul_(x)
         return two_u.sigmoid_().mul_(x)
-    if x.dim() == 4 and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last):
+    if (x.dtype == torch.float32 and x.dim() == 4 and not x.is_contiguous()
+            and x.is_contiguous(memory_format=torch.channels_last)):
         return F.gelu(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
     return F.gelu(x)
 

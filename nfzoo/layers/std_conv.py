@@ -101,12 +101,12 @@ class _ScaledStandardize(torch.autograd.Function):
         w = weight.to(_stats_dtype(weight)).flatten(1)
         d = grad.to(w.dtype).flatten(1)
         sum_d = d.sum(1, keepdim=True)
-        dot = torch.bmm(d.unsqueeze(1), w.unsqueeze(2)).view(-1, 1)  # sum(G * W), no temporary
-        grad_gain = s * (dot - mean * sum_d)  # sum(G * x)
+        grad_weight = torch.mul(d, w)  # G * W, summed below; then overwritten with the gradient
+        grad_gain = s * (grad_weight.sum(1, keepdim=True) - mean * sum_d)  # sum(G * x)
         a = s * gain.to(w.dtype).view(-1, 1)
         b = -k * s * a * grad_gain
         c = -a * sum_d / w.shape[1] - b * mean
-        grad_weight = torch.addcmul(c, d, a).addcmul_(w, b)  # a * G + b * W + c
+        torch.addcmul(c, d, a, out=grad_weight).addcmul_(w, b)  # a * G + b * W + c
         return (grad_weight.view_as(weight).to(weight.dtype) if ctx.needs_input_grad[0] else None,
                 grad_gain.view_as(gain).to(gain.dtype) if ctx.needs_input_grad[1] else None,
                 None, None)
