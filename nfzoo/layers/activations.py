@@ -40,7 +40,10 @@ class GammaAct(nn.Module):
         self.gamma = GAMMA[name] if gamma is None else gamma
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.act(x) * self.gamma
+        y = self.act(x)
+        # GELU's and SiLU's backward read x, so their fresh g(x) is scaled in place, saving a
+        # tensor and a pass; ReLU's backward reads its output, which must stay unchanged
+        return y * self.gamma if self.name == "relu" else y.mul_(self.gamma)
 
     def extra_repr(self) -> str:
         return f"{self.name}, gamma={self.gamma}"

@@ -139,7 +139,7 @@ class NFBlock(nn.Module):
         self.skipinit_gain = nn.Parameter(torch.zeros(()))  # SkipInit: the residual starts switched off
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act(x) * self.beta
+        out = self.act(x).mul_(self.beta)  # in place: act(x) is a fresh tensor, x stays the shortcut
         shortcut = x if self.downsample is None else self.downsample(out)
         out = self.conv2(self.act(self.conv1(out)))
         if self.conv2b is not None:
