@@ -38,12 +38,13 @@ class GammaAct(nn.Module):
         self.name = name
         self.act = NONLINEARITIES[name]()
         self.gamma = GAMMA[name] if gamma is None else gamma
+        # GELU's and SiLU's backward read x, so their fresh g(x) can be scaled in place, saving a
+        # tensor and a pass; ReLU's backward reads its output, which must stay unchanged
+        self.scale_in_place = name != "relu"
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self.act(x)
-        # GELU's and SiLU's backward read x, so their fresh g(x) is scaled in place, saving a
-        # tensor and a pass; ReLU's backward reads its output, which must stay unchanged
-        return y * self.gamma if self.name == "relu" else y.mul_(self.gamma)
+        return y.mul_(self.gamma) if self.scale_in_place else y * self.gamma
 
     def extra_repr(self) -> str:
         return f"{self.name}, gamma={self.gamma}"
