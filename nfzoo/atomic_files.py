@@ -9,8 +9,9 @@ therefore sees the old file or the new one, never a half-written one.
 A process killed mid-write cannot clean up after itself: the next write to the same target
 removes the temporaries that dead processes of this host left behind (:func:`remove_stale_temporaries`).
 
-A full disk (``ENOSPC``, or a quota's ``EDQUOT``) is reported as :class:`DiskFullError`, which
-names the file and says what to do.
+A full disk (``ENOSPC``, a quota's ``EDQUOT``) or a file larger than the system allows
+(``EFBIG``, e.g. under ``ulimit -f``) is reported as :class:`DiskFullError`, which names the file
+and says what to do.
 """
 from __future__ import annotations
 
@@ -24,15 +25,22 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator, Mapping
 
+from .errors import NfzooError
+
 __all__ = ["DiskFullError", "atomic_path", "atomic_open", "write_atomic", "write_files_atomic", "atomic_dir",
            "remove_stale_temporaries"]
 
 _SUFFIX = ".partial"
-_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-class DiskFullError(OSError):
-    """No space was left on the device (or in the quota) while writing a file; nothing was replaced."""
+class DiskFullError(NfzooError, OSError):
+    """No space was left on the device (or in the quota), or the file grew past the largest size
+    allowed, while writing a file; nothing was replaced. ``filename`` is the file that was
+    being written; the message names it and says what to do."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
 
 
 def _umask() -> int:
@@ -82,21 +90,23 @@ def remove_stale_temporaries(path: str | os.PathLike) -> list[Path]:
     return removed
 
 
-def _is_disk_full(error: BaseException) -> bool:
+def _disk_full_errno(error: BaseException) -> int | None:
     seen = set()
     while error is not None and id(error) not in seen:
         seen.add(id(error))
         if isinstance(error, OSError) and error.errno in _DISK_FULL:
-            return True
+            return error.errno
         error = error.__cause__ or error.__context__
-    return False
+    return None
 
 
-def _disk_full(path: Path, error: BaseException) -> DiskFullError:
-    return DiskFullError(
-        errno.ENOSPC,
-        f"no space left on the device while writing {path} ({error}). Free some space on that disk "
-        f"(or write somewhere else) and run again; {path} was left as it was and no partial file remains")
+def _disk_full(path: Path, error: BaseException, code: int) -> DiskFullError:
+    if code == errno.EFBIG:
+        what, fix = "the file grew past the largest size allowed", "raise the limit (ulimit -f) or write somewhere else"
+    else:
+        what, fix = "no space left on the device", "free some space on that disk (or write somewhere else)"
+    return DiskFullError(code, f"{what} while writing {path} ({error}). {fix[0].upper()}{fix[1:]} and run again; "
+                               f"{path} was left as it was and no partial file remains", str(path))
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -127,8 +137,9 @@ def _temporary(path: Path, make_dir: bool = False) -> Iterator[Path]:
             shutil.rmtree(tmp, ignore_errors=True)
         else:
             tmp.unlink(missing_ok=True)
-        if _is_disk_full(e):
-            raise _disk_full(path, e) from e
+        code = _disk_full_errno(e)
+        if code is not None and not isinstance(e, DiskFullError):
+            raise _disk_full(path, e, code) from e
         raise
 
 
