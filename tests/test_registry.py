@@ -58,9 +58,13 @@ def test_weightless_nfnets_are_replaced_silently(registry_before_after):
 
 
 def test_listing_and_tags():
-    assert timm.list_models("nfnet_f*") == [f"nfnet_f{i}" for i in range(8)]
+    assert timm.list_models("nfnet_f?") == [f"nfnet_f{i}" for i in range(8)]
+    assert timm.list_models("nfnet_f*_plus") == [f"nfnet_f{i}_plus" for i in range(8)]
+    assert timm.list_models("dm_nf_regnet_b*") == [f"dm_nf_regnet_b{i}" for i in range(9)]
+    assert not timm.list_models("nfnet_f*_plus", pretrained=True) + timm.list_models("dm_nf_regnet*", pretrained=True)
     assert timm.list_models("nfnet_f*", pretrained=True) == [f"nfnet_f{i}.dm_in1k" for i in range(7)]
     assert all(timm.models.model_entrypoint(f"nfnet_f{i}").__module__ == "nfzoo.models.nfnet" for i in range(8))
+    assert timm.models.model_entrypoint("nf_regnet_b0").__module__ == "timm.models.nfnet"  # timm's design stays
     with torch.device("meta"):
         model = timm.create_model("nfnet_f1.dm_in1k")
     assert model.pretrained_cfg["tag"] == "dm_in1k" and model.pretrained_cfg["architecture"] == "nfzoo_nfnet_f1"

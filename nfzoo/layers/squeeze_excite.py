@@ -19,6 +19,16 @@ class SqueezeExcite(nn.Module):
         super().__init__()
         self.fc1 = nn.Conv2d(channels, hidden, 1)
         self.fc2 = nn.Conv2d(hidden, channels, 1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """DeepMind's initialisation, haiku's ``hk.Linear`` default: weights from a normal of std
+        ``1 / sqrt(fan_in)`` truncated at two of those stds (``hk.initializers.TruncatedNormal``),
+        zero biases."""
+        for fc in (self.fc1, self.fc2):
+            std = fc.in_channels ** -0.5
+            nn.init.trunc_normal_(fc.weight, 0.0, std, -2.0 * std, 2.0 * std)
+            nn.init.zeros_(fc.bias)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         """The gate's pre-sigmoid values, (N, C, 1, 1): the 1x1 convs of the pooled map, run as the

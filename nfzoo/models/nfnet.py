@@ -16,24 +16,32 @@ Numerics (``numerics=`` model argument):
 * ``'timm'``: timm's ``rsqrt(var + 1e-5) * fan_in**-0.5`` and erf GELU, reproducing timm's
   ``dm_nfnet_f*`` logits exactly.
 
+DeepMind's release also defines NFNet-F0+ ... F7+ (``base.py``: widths 384, 768, 2048, 2048
+instead of 256, 512, 1536, 1536, so a stem of 192 channels and a final conv of 4096; otherwise as
+FN), registered as ``nfnet_f0_plus`` ... ``nfnet_f7_plus``. No weights exist for them.
+
 The same network skeleton, with another :class:`NFNetCfg`, builds the NF-ResNets
-(:mod:`nfzoo.models.nf_resnet`).
+(:mod:`nfzoo.models.nf_resnet`) and DeepMind's NF-RegNets (:mod:`nfzoo.models.dm_nf_regnet`).
 """
 
 from collections import OrderedDict
 from dataclasses import dataclass, fields, replace
+from fractions import Fraction
 from functools import partial
 from typing import Any, Literal
 
 import torch
 import torch.fx
 import torch.nn as nn
+import torch.nn.functional as F
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import AvgPool2dSame, ClassifierHead, create_pool2d
+from timm.layers import AvgPool2dSame, ClassifierHead
+from timm.layers.pool2d_same import MaxPool2dSame
+from timm.layers.padding import pad_same
 from timm.models import checkpoint, checkpoint_seq, generate_default_cfgs
 
 from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
-from ..layers.std_conv import StdNumerics
+from ..layers.std_conv import StdNumerics, is_weight_standardized
 from ..optim.param_groups import no_weight_decay_names
 from ..timm_private import feature_take_indices
 from ..weights import pretrained_cfg
@@ -47,27 +55,38 @@ __all__ = ["NFNet", "NFNetCfg", "NFBlock", "FusedNFBlock", "expected_std_betas"]
 # DeepMind's GELU is jax.nn.gelu (tanh approximation); timm uses the exact (erf) GELU.
 _GELU_FOR_NUMERICS = {"deepmind": "gelu_tanh", "timm": "gelu"}
 
+torch.fx.wrap("pad_same")  # one node in any symbolic trace: SAME padding depends on the input's size
+
 
 @dataclass(frozen=True)
 class NFNetCfg:
     """The architecture of a normalizer-free pre-activation ResNet.
 
-    The defaults are NFNet's; :mod:`nfzoo.models.nf_resnet` overrides what differs.
+    The defaults are NFNet's; :mod:`nfzoo.models.nf_resnet` and :mod:`nfzoo.models.dm_nf_regnet`
+    override what differs.
     """
     depths: tuple[int, ...]
     widths: tuple[int, ...] = (256, 512, 1536, 1536)
-    stem: Literal["deep", "7x7_pool"] = "deep"  # four 3x3 convs | 7x7 conv + 3x3 max-pool
+    # four 3x3 convs (stride 4) | 7x7 conv + 3x3 max-pool (stride 4) | one 3x3 conv (stride 2)
+    stem: Literal["deep", "7x7_pool", "3x3"] = "deep"
     stem_width: int = 128
-    bottleneck_ratio: float = 0.5  # bottleneck width = int(out_ch * ratio)
+    first_stride: int = 1  # of the first stage; every later stage strides 2
+    bottleneck_ratio: float = 0.5  # bottleneck width = int(chs * ratio), rounded down to whole groups
+    bottleneck_of: Literal["out", "in"] = "out"  # chs: the block's output | input channels (NF-RegNet)
+    first_bottleneck_ratio: float | None = None  # the network's first block's ratio; None: bottleneck_ratio
     group_width: int | None = 128  # channels per group of the 3x3 convs; None: ungrouped
     extra_conv: bool = True  # NFNet's second grouped 3x3 conv (conv2b)
-    se_ratio: float | None = 0.5  # squeeze-excite hidden = int(out_ch * ratio); None: no SE
+    se_ratio: float | None = 0.5  # squeeze-excite hidden = int(chs * ratio); None: no SE
+    # SE after the last 1x1 conv, on out_ch (``attn_last``) | after the 3x3 conv, on the bottleneck (``attn``)
+    se_position: Literal["last", "mid"] = "last"
     avg_down: bool = True  # transition shortcut: 2x2 avg-pool + 1x1 conv | strided 1x1 conv
-    final_conv_mult: float | None = 2.0  # final 1x1 conv to mult * widths[-1]; None: none
+    # final 1x1 conv to int(mult * widths[-1]) channels (a Fraction keeps it exact); None: none
+    final_conv_mult: float | Fraction | None = 2.0
     alpha: float = 0.2
     act: Literal["gelu", "relu", "silu"] = "gelu"
     drop_rate: float = 0.0  # dropout before the classifier
     stochdepth_rate: float = 0.25  # of the last block; block i gets rate * i / num_blocks
+    fc_init_std: float = 0.01  # the classifier's weight starts N(0, std); 0: zeros
 
 
 def expected_std_betas(depths: tuple[int, ...], alpha: float) -> list[float]:
@@ -112,16 +131,18 @@ class Downsample(nn.Module):
 class NFBlock(nn.Module):
     """Normalizer-free pre-activation bottleneck: ``x + alpha * skip_gain * f(act(x) * beta)``.
 
-    ``f`` is 1x1 conv -> act -> 3x3 (grouped, strided) -> act [-> 3x3 grouped -> act] -> 1x1
-    conv [-> squeeze-excite] -> stochastic depth. A projection shortcut, when the shape changes,
-    takes ``act(x) * beta`` as its input; otherwise the shortcut is the raw ``x``.
+    ``f`` is 1x1 conv -> act -> 3x3 (grouped, strided) [-> act -> 3x3 grouped] [-> squeeze-excite
+    (NF-RegNet)] -> act -> 1x1 conv [-> squeeze-excite (NFNet)] -> stochastic depth. A projection
+    shortcut, when the shape changes, takes ``act(x) * beta`` as its input; otherwise the shortcut
+    is the raw ``x``. ``bottleneck_ratio`` overrides ``cfg.bottleneck_ratio`` for this block.
     """
 
     def __init__(self, in_chs: int, out_chs: int, stride: int, beta: float, cfg: NFNetCfg,
                  act_layer: type[nn.Module], conv: type[nn.Module], drop_path_rate: float = 0.0,
-                 dilation: int = 1, first_dilation: int | None = None):
+                 dilation: int = 1, first_dilation: int | None = None, bottleneck_ratio: float | None = None):
         super().__init__()
-        width = int(out_chs * cfg.bottleneck_ratio)
+        ratio = cfg.bottleneck_ratio if bottleneck_ratio is None else bottleneck_ratio
+        width = int((out_chs if cfg.bottleneck_of == "out" else in_chs) * ratio)
         groups = width // cfg.group_width if cfg.group_width else 1
         width = cfg.group_width * groups if cfg.group_width else width
         self.beta, self.alpha = beta, cfg.alpha
@@ -133,8 +154,12 @@ class NFBlock(nn.Module):
         self.conv1 = conv(in_chs, width, 1)
         self.conv2 = conv(width, width, 3, stride=stride, dilation=first_dilation, groups=groups)
         self.conv2b = conv(width, width, 3, dilation=dilation, groups=groups) if cfg.extra_conv else None
+
+        def squeeze_excite(chs: int, position: str) -> SqueezeExcite | None:
+            return SqueezeExcite(chs, int(chs * cfg.se_ratio)) if cfg.se_ratio and cfg.se_position == position else None
+        self.attn = squeeze_excite(width, "mid")
         self.conv3 = conv(width, out_chs, 1)
-        self.attn_last = SqueezeExcite(out_chs, int(out_chs * cfg.se_ratio)) if cfg.se_ratio else None
+        self.attn_last = squeeze_excite(out_chs, "last")
         self.drop_path = DropPath(drop_path_rate, scale_by_keep=False) if drop_path_rate > 0 else nn.Identity()
         self.skipinit_gain = nn.Parameter(torch.zeros(()))  # SkipInit: the residual starts switched off
 
@@ -144,6 +169,8 @@ class NFBlock(nn.Module):
         out = self.conv2(self.act(self.conv1(out)))
         if self.conv2b is not None:
             out = self.conv2b(self.act(out))
+        if self.attn is not None:
+            out = self.attn(out)
         out = self.conv3(self.act(out))
         if self.attn_last is not None:
             out = self.attn_last(out)
@@ -161,7 +188,8 @@ class FusedNFBlock(nn.Module):
     block's beta) moves into the weight of the conv that reads it (the average pool of the
     projection shortcut is linear, so the factor passes through it); alpha, the skip gain and
     the squeeze-excite's 2 become one per-channel scale of the residual branch, applied by the
-    residual add itself. Stochastic depth is the identity at inference and is dropped.
+    residual add itself. Stochastic depth is the identity at inference and is dropped. A
+    squeeze-excite inside the branch (NF-RegNet's ``attn``) is kept as it is.
     """
 
     def __init__(self, block: NFBlock):
@@ -173,6 +201,7 @@ class FusedNFBlock(nn.Module):
         self.act = block.act.act
         self.downsample, self.conv1, self.conv2 = block.downsample, block.conv1, block.conv2
         self.conv2b, self.conv3, self.attn_last = block.conv2b, block.conv3, block.attn_last
+        self.attn = block.attn
         with torch.no_grad():
             for conv, scale in ((self.conv1, gamma * block.beta), (self.conv2, gamma), (self.conv2b, gamma),
                                 (self.conv3, gamma), (getattr(self.downsample, "conv", None), gamma * block.beta)):
@@ -187,6 +216,8 @@ class FusedNFBlock(nn.Module):
         out = self.conv2(self.act(self.conv1(out)))
         if self.conv2b is not None:
             out = self.conv2b(self.act(out))
+        if self.attn is not None:
+            out = self.attn(out)
         out = self.conv3(self.act(out))
         scale = self.residual_scale
         if self.attn_last is not None:
@@ -194,9 +225,18 @@ class FusedNFBlock(nn.Module):
         return torch.addcmul(shortcut, out, scale.to(out.dtype))
 
 
+class SameMaxPool2d(MaxPool2dSame):
+    """timm's TensorFlow-SAME max-pool, its input-dependent padding one node in a symbolic trace, so
+    that plain ``torch.fx`` (and torchvision's feature extraction) trace it."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = pad_same(x, self.kernel_size, self.stride, self.dilation, value=-float("inf"))
+        return F.max_pool2d(x, self.kernel_size, self.stride, 0, self.dilation, self.ceil_mode)
+
+
 def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: type[nn.Module]
-               ) -> tuple[nn.Sequential, dict[str, Any], int]:
-    """The stem (output stride 4), its feature tap (reduction 2) and the tap's index in it."""
+               ) -> tuple[nn.Sequential, dict[str, Any], int, int]:
+    """The stem, its feature tap (reduction 2), the tap's index in it and the stem's output stride."""
     if cfg.stem == "deep":  # NFNet: 3x3 convs 16/2 -> 32 -> 64 -> stem_width/2, no act after the last
         layers = OrderedDict()
         for i, (chs, stride) in enumerate(zip((16, 32, 64, cfg.stem_width), (2, 1, 1, 2)), start=1):
@@ -204,13 +244,16 @@ def _make_stem(cfg: NFNetCfg, in_chans: int, act_layer: type[nn.Module], conv: t
                 layers[f"act{i}"] = act_layer()
             layers[f"conv{i}"] = conv(in_chans, chs, 3, stride=stride)
             in_chans = chs
-        return nn.Sequential(layers), dict(num_chs=64, reduction=2, module="stem.conv3"), 4
+        return nn.Sequential(layers), dict(num_chs=64, reduction=2, module="stem.conv3"), 4, 4
+    tap = dict(num_chs=cfg.stem_width, reduction=2, module="stem.conv")
+    if cfg.stem == "3x3":  # NF-RegNet: one 3x3/2 conv, no activation (each block starts with one)
+        return nn.Sequential(OrderedDict(conv=conv(in_chans, cfg.stem_width, 3, stride=2))), tap, 0, 2
     # NF-ResNet: 7x7/2 conv (with a bias, as every WSConv2D of the release), 3x3/2 SAME max-pool
     stem = nn.Sequential(OrderedDict(
         conv=conv(in_chans, cfg.stem_width, 7, stride=2),
-        pool=create_pool2d("max", 3, stride=2, padding="same"),
+        pool=SameMaxPool2d(3, stride=2),
     ))
-    return stem, dict(num_chs=cfg.stem_width, reduction=2, module="stem.conv"), 0
+    return stem, tap, 0, 4
 
 
 @torch.fx.wrap  # one node in any symbolic trace (a trace cannot branch on the input's shape)
@@ -274,23 +317,24 @@ class NFNet(nn.Module):
 
         act_layer = partial(GammaAct, _GELU_FOR_NUMERICS[numerics] if cfg.act == "gelu" else cfg.act)
         conv = partial(ScaledStdConv2d, padding="same", numerics=numerics)
-        self.stem, stem_feature, self.stem_feat_idx = _make_stem(cfg, in_chans, act_layer, conv)
+        self.stem, stem_feature, self.stem_feat_idx, reduction = _make_stem(cfg, in_chans, act_layer, conv)
         self.feature_info = [stem_feature]
 
         betas = iter(expected_std_betas(cfg.depths, cfg.alpha))
         num_blocks, block_idx = sum(cfg.depths), 0
-        in_chs, reduction, dilation, stages = cfg.stem_width, 4, 1, []
+        in_chs, dilation, stages = cfg.stem_width, 1, []
         for stage_idx, (depth, out_chs) in enumerate(zip(cfg.depths, cfg.widths)):
-            stride = 1 if stage_idx == 0 else 2
+            stride = cfg.first_stride if stage_idx == 0 else 2
             if reduction >= output_stride and stride > 1:  # dilate instead of striding, as timm
                 dilation, stride = dilation * stride, 1
             reduction *= stride
             first_dilation = 1 if dilation in (1, 2) else 2  # the first block's conv2 keeps the previous rate
             blocks = []
             for i in range(depth):
+                ratio = cfg.first_bottleneck_ratio if block_idx == 0 else None
                 blocks.append(NFBlock(in_chs, out_chs, stride if i == 0 else 1, next(betas), cfg, act_layer, conv,
                                       drop_path_rate * block_idx / num_blocks,
-                                      dilation, first_dilation if i == 0 else dilation))
+                                      dilation, first_dilation if i == 0 else dilation, bottleneck_ratio=ratio))
                 in_chs, block_idx = out_chs, block_idx + 1
             stages.append(nn.Sequential(*blocks))
             self.feature_info.append(dict(num_chs=out_chs, reduction=reduction, module=f"stages.{stage_idx}"))
@@ -310,11 +354,16 @@ class NFNet(nn.Module):
         self._init_weights()
 
     def _init_weights(self) -> None:
+        """DeepMind's initialisation: WS convs N(0, 1 / fan_in) (haiku's ``VarianceScaling(1, 'fan_in',
+        'normal')``), zero biases; the classifier N(0, ``cfg.fc_init_std``); the squeeze-excites'
+        linears haiku's ``hk.Linear`` default (:meth:`SqueezeExcite.reset_parameters`)."""
         for m in self.modules():
-            if isinstance(m, nn.Linear):  # DeepMind: classifier N(0, 0.01), zero bias
-                nn.init.normal_(m.weight, 0.0, 0.01)
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, self.cfg.fc_init_std)
                 nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.Conv2d):
+            elif isinstance(m, SqueezeExcite):
+                m.reset_parameters()
+            elif is_weight_standardized(m):
                 nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="linear")
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
@@ -429,79 +478,146 @@ def nf_pretrained_cfg(**kwargs: Any) -> dict[str, Any]:
                 first_conv="stem.conv1", classifier="head.fc", min_input_size=(3, 32, 32)) | kwargs
 
 
-# Table 1 of the paper: depths, train px, test px, dropout. Widths are always 256, 512, 1536, 1536.
-_VARIANTS: dict[str, tuple[tuple[int, ...], int, int, float]] = {
-    "nfnet_f0": ((1, 2, 6, 3), 192, 256, 0.2),
-    "nfnet_f1": ((2, 4, 12, 6), 224, 320, 0.3),
-    "nfnet_f2": ((3, 6, 18, 9), 256, 352, 0.4),
-    "nfnet_f3": ((4, 8, 24, 12), 320, 416, 0.4),
-    "nfnet_f4": ((5, 10, 30, 15), 384, 512, 0.5),
-    "nfnet_f5": ((6, 12, 36, 18), 416, 544, 0.5),
-    "nfnet_f6": ((7, 14, 42, 21), 448, 576, 0.5),
-    "nfnet_f7": ((8, 16, 48, 24), 480, 608, 0.5),
+@dataclass(frozen=True)
+class NFNetVariant:
+    """One row of DeepMind's variant table (``nfnet_params`` in base.py; Table 1 of the paper)."""
+    depths: tuple[int, int, int, int]
+    train_size: int  # px
+    test_size: int  # px
+    drop_rate: float
+
+
+VARIANTS: dict[str, NFNetVariant] = {
+    "f0": NFNetVariant((1, 2, 6, 3), 192, 256, 0.2),
+    "f1": NFNetVariant((2, 4, 12, 6), 224, 320, 0.3),
+    "f2": NFNetVariant((3, 6, 18, 9), 256, 352, 0.4),
+    "f3": NFNetVariant((4, 8, 24, 12), 320, 416, 0.4),
+    "f4": NFNetVariant((5, 10, 30, 15), 384, 512, 0.5),
+    "f5": NFNetVariant((6, 12, 36, 18), 416, 544, 0.5),
+    "f6": NFNetVariant((7, 14, 42, 21), 448, 576, 0.5),
+    "f7": NFNetVariant((8, 16, 48, 24), 480, 608, 0.5),
 }
-model_cfgs = {name: NFNetCfg(depths=depths, drop_rate=drop) for name, (depths, _, _, drop) in _VARIANTS.items()}
+# FN+ ("slightly wider"): widths 384, 768, 2048, 2048, so the stem ends in 384 // 2 channels
+PLUS_WIDTHS = (384, 768, 2048, 2048)
+
+model_cfgs = {f"nfnet_{v}": NFNetCfg(depths=row.depths, drop_rate=row.drop_rate) for v, row in VARIANTS.items()}
+model_cfgs |= {f"nfnet_{v}_plus": NFNetCfg(depths=row.depths, drop_rate=row.drop_rate, widths=PLUS_WIDTHS,
+                                           stem_width=PLUS_WIDTHS[0] // 2) for v, row in VARIANTS.items()}
 
 
-def _cfg(name: str) -> dict[str, Any]:
-    _, train, test, _ = _VARIANTS[name]
-    size = dict(input_size=(3, train, train), pool_size=(train // 32, train // 32))
-    if name == "nfnet_f7":
+def _cfg(variant: str, plus: bool) -> dict[str, Any]:
+    row = VARIANTS[variant]
+    size = dict(input_size=(3, row.train_size, row.train_size), pool_size=(row.train_size // 32,) * 2)
+    if variant == "f7" or plus:
         return nf_pretrained_cfg(
-            url="", test_input_size=(3, test, test), crop_pct=test / (test + 32), crop_mode="squash",
-            paper_ids="arXiv:2102.06171", license="apache-2.0",
-            notes=("DeepMind released no NFNet-F7 weights (F0-F6 only); nfnet_f7 is architecture only.",),
+            url="", test_input_size=(3, row.test_size, row.test_size), crop_pct=row.test_size / (row.test_size + 32),
+            crop_mode="squash", paper_ids="arXiv:2102.06171", license="apache-2.0",
+            notes=(f"DeepMind released no NFNet-{variant.upper()}{'+' if plus else ''} weights (F0-F6 only); "
+                   "this model is architecture only.",),
             **size)
-    return pretrained_cfg(f"{name}.dm_in1k", **nf_pretrained_cfg(**size))
+    return pretrained_cfg(f"nfnet_{variant}.dm_in1k", **nf_pretrained_cfg(**size))
 
 
 default_cfgs = generate_default_cfgs(
-    {f"{name}.dm_in1k": _cfg(name) for name in _VARIANTS if name != "nfnet_f7"} | {"nfnet_f7": _cfg("nfnet_f7")})
+    {f"nfnet_{v}.dm_in1k": _cfg(v, False) for v in VARIANTS if v != "f7"} | {"nfnet_f7": _cfg("f7", False)}
+    | {f"nfnet_{v}_plus": _cfg(v, True) for v in VARIANTS})
+
+
+def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> NFNet:
+    return create_nf_model(name, model_cfgs[name], pretrained, **kwargs)
 
 
 @register_zoo_model
 def nfnet_f0(pretrained: bool = False, **kwargs: Any) -> NFNet:
     """NFNet-F0 (DeepMind), 71.5 M params; weights ``dm_in1k`` (83.6 % top-1)."""
-    return create_nf_model("nfnet_f0", model_cfgs["nfnet_f0"], pretrained, **kwargs)
+    return _create("nfnet_f0", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f1(pretrained: bool = False, **kwargs: Any) -> NFNet:
     """NFNet-F1 (DeepMind), 132.6 M params; weights ``dm_in1k`` (84.7 % top-1)."""
-    return create_nf_model("nfnet_f1", model_cfgs["nfnet_f1"], pretrained, **kwargs)
+    return _create("nfnet_f1", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f2(pretrained: bool = False, **kwargs: Any) -> NFNet:
     """NFNet-F2 (DeepMind), 193.8 M params; weights ``dm_in1k`` (85.1 % top-1)."""
-    return create_nf_model("nfnet_f2", model_cfgs["nfnet_f2"], pretrained, **kwargs)
+    return _create("nfnet_f2", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f3(pretrained: bool = False, **kwargs: Any) -> NFNet:
     """NFNet-F3 (DeepMind), 254.9 M params; weights ``dm_in1k`` (85.7 % top-1)."""
-    return create_nf_model("nfnet_f3", model_cfgs["nfnet_f3"], pretrained, **kwargs)
+    return _create("nfnet_f3", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f4(pretrained: bool = False, **kwargs: Any) -> NFNet:
     """NFNet-F4 (DeepMind), 316.1 M params; weights ``dm_in1k`` (85.9 % top-1)."""
-    return create_nf_model("nfnet_f4", model_cfgs["nfnet_f4"], pretrained, **kwargs)
+    return _create("nfnet_f4", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f5(pretrained: bool = False, **kwargs: Any) -> NFNet:
     """NFNet-F5 (DeepMind), 377.2 M params; weights ``dm_in1k`` (86.0 % top-1)."""
-    return create_nf_model("nfnet_f5", model_cfgs["nfnet_f5"], pretrained, **kwargs)
+    return _create("nfnet_f5", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f6(pretrained: bool = False, **kwargs: Any) -> NFNet:
     """NFNet-F6 (DeepMind), 438.4 M params; weights ``dm_in1k`` (86.5 % top-1 with SAM)."""
-    return create_nf_model("nfnet_f6", model_cfgs["nfnet_f6"], pretrained, **kwargs)
+    return _create("nfnet_f6", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f7(pretrained: bool = False, **kwargs: Any) -> NFNet:
     """NFNet-F7 (DeepMind's largest), about 499.5 M params; no weights were ever released."""
-    return create_nf_model("nfnet_f7", model_cfgs["nfnet_f7"], pretrained, **kwargs)
+    return _create("nfnet_f7", pretrained, kwargs)
+
+
+@register_zoo_model
+def nfnet_f0_plus(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F0+ (DeepMind's wider F0); no weights were released."""
+    return _create("nfnet_f0_plus", pretrained, kwargs)
+
+
+@register_zoo_model
+def nfnet_f1_plus(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F1+ (DeepMind's wider F1); no weights were released."""
+    return _create("nfnet_f1_plus", pretrained, kwargs)
+
+
+@register_zoo_model
+def nfnet_f2_plus(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F2+ (DeepMind's wider F2); no weights were released."""
+    return _create("nfnet_f2_plus", pretrained, kwargs)
+
+
+@register_zoo_model
+def nfnet_f3_plus(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F3+ (DeepMind's wider F3); no weights were released."""
+    return _create("nfnet_f3_plus", pretrained, kwargs)
+
+
+@register_zoo_model
+def nfnet_f4_plus(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F4+ (DeepMind's wider F4); no weights were released."""
+    return _create("nfnet_f4_plus", pretrained, kwargs)
+
+
+@register_zoo_model
+def nfnet_f5_plus(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F5+ (DeepMind's wider F5); no weights were released."""
+    return _create("nfnet_f5_plus", pretrained, kwargs)
+
+
+@register_zoo_model
+def nfnet_f6_plus(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F6+ (DeepMind's wider F6); no weights were released."""
+    return _create("nfnet_f6_plus", pretrained, kwargs)
+
+
+@register_zoo_model
+def nfnet_f7_plus(pretrained: bool = False, **kwargs: Any) -> NFNet:
+    """NFNet-F7+ (DeepMind's wider F7); no weights were released."""
+    return _create("nfnet_f7_plus", pretrained, kwargs)
