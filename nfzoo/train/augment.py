@@ -1,15 +1,17 @@
-"""DeepMind's NFNet training augmentation, built from timm's pieces.
+"""DeepMind's NFNet training augmentation.
 
 Source: ``nfnets/experiment_nfnets.py`` (``augment_name = 'cutmix_mixup_randaugment_<level>'``,
 ``augment_before_mix=False``), ``nfnets/dataset.py`` and ``nfnets/autoaugment.py``. Per image:
-a random-area crop (8-100 % of the area, aspect 3/4-4/3), a horizontal flip and a bicubic resize
-to the train size; no colour jitter. Per batch: MixUp (Beta(0.2, 0.2) ratio per example) on the
-first half and CutMix (a uniform area ratio, i.e. Beta(1, 1), per example) on the second; the
-targets are the ratio-weighted mixes of the two one-hot labels (label smoothing is the loss's).
-Then, on the *mixed* images (clipped to [0, 255] and cast to 8 bits), RandAugment with 4 layers,
-each layer always applying one of 16 ops chosen uniformly, at the variant's magnitude: 5 for F0,
-10 for F1 and F2, 15 for F3 and up (levels '405', '410', '415'). Magnitudes above 10 are not
-clipped, as in DeepMind's code; translations are up to ``100 * m / 10`` pixels and the fill
+DeepMind's random crop (:mod:`nfzoo.train.crop`), a horizontal flip and a bicubic resize to the
+train size; no colour jitter. Per step of B outputs, from 2B raw images (``my_mixup_cutmix``):
+output i < B/2 is MixUp of raw image i with raw image B/2 + i (ratio Beta(0.2, 0.2) per output),
+output B/2 + i is CutMix of raw image B + i (inside the box) with raw image 3B/2 + i (outside),
+the box drawn per output as ``cutmix_padding`` draws it; each target is the ratio-weighted mix
+of the two one-hot labels, the CutMix ratio being the box's area fraction (label smoothing is the
+loss's). Then, on the *mixed* images (clipped to [0, 255] and cast to 8 bits), RandAugment with 4
+layers, each layer always applying one of 16 ops chosen uniformly, at the variant's magnitude: 5
+for F0, 10 for F1 and F2, 15 for F3 and up (levels '405', '410', '415'). Magnitudes above 10 are
+not clipped, as in DeepMind's code; translations are up to ``100 * m / 10`` pixels and the fill
 is grey (128).
 
 The differences from DeepMind's pipeline that remain are listed in docs/training.md.
@@ -21,12 +23,16 @@ from typing import Sequence
 
 import torch
 from PIL import Image, ImageDraw
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, Mixup, rand_augment_transform
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, rand_augment_transform
 from timm.data.auto_augment import RandAugment
-from timm.data.transforms_factory import transforms_imagenet_train
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
 from torchvision.transforms import functional as TF
 
-__all__ = ["RA_LEVELS", "randaugment_magnitude", "deepmind_randaugment", "train_transform", "DeepMindBatchAugment"]
+from .crop import DeepMindRandomCrop
+
+__all__ = ["RA_LEVELS", "randaugment_magnitude", "deepmind_randaugment", "train_transform", "cutmix_masks",
+           "DeepMindBatchAugment"]
 
 # experiment_nfnets.py: RandAugment level per variant, '4MM' = 4 layers at magnitude MM.
 RA_LEVELS = {"F0": "405", "F1": "410", "F2": "410", "F3": "415", "F4": "415", "F5": "415", "F6": "415", "F7": "415"}
@@ -84,46 +90,77 @@ def deepmind_randaugment(magnitude: int, num_layers: int = RA_LAYERS) -> RandAug
     return ra
 
 
-def train_transform(img_size: int):
-    """The per-image part: random-area crop, flip, bicubic resize; an 8-bit CHW tensor (mixing,
-    RandAugment and normalization happen per batch, in :class:`DeepMindBatchAugment`)."""
-    return transforms_imagenet_train(img_size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), hflip=0.5,
-                                     color_jitter=None, interpolation="bicubic", use_prefetcher=True)
+def train_transform(img_size: int) -> transforms.Compose:
+    """The per-image part: DeepMind's random crop, a flip, a bicubic resize to ``img_size``
+    squared; an 8-bit CHW tensor (mixing, RandAugment and normalization happen per step, in
+    :class:`DeepMindBatchAugment`)."""
+    return transforms.Compose([DeepMindRandomCrop(img_size), transforms.RandomHorizontalFlip(),
+                               transforms.Resize((img_size, img_size), interpolation=InterpolationMode.BICUBIC),
+                               transforms.PILToTensor()])
+
+
+def cutmix_masks(n: int, height: int, width: int, alpha: float = 1.0) -> torch.Tensor:
+    """``n`` CutMix masks (n, height, width), 1 inside the box, as ``dataset.cutmix_padding``
+    draws them: a centre (x, y) uniform over the pixels, a kept fraction ``p`` (uniform, i.e.
+    Beta(1, 1), for ``alpha`` 1), box sides ``int(sqrt(1 - p) * side)``, the box spanning
+    ``centre -/+ side // 2`` clipped to the image. Draws (torch's global generator) x, y, then
+    p, each for all n."""
+    cx = torch.randint(width, (n,))
+    cy = torch.randint(height, (n,))
+    kept = torch.distributions.Beta(alpha, alpha).sample((n,))
+    side = torch.sqrt(1 - kept)
+    half_w = (side * width).to(torch.int32) // 2
+    half_h = (side * height).to(torch.int32) // 2
+    cols, rows = torch.arange(width), torch.arange(height)
+    inside_x = (cols >= (cx - half_w).clamp(0, width)[:, None]) & (cols < (cx + half_w).clamp(0, width)[:, None])
+    inside_y = (rows >= (cy - half_h).clamp(0, height)[:, None]) & (rows < (cy + half_h).clamp(0, height)[:, None])
+    return (inside_y[:, :, None] & inside_x[:, None, :]).float()
 
 
 class DeepMindBatchAugment:
-    """A ``collate_fn``: ``[(uint8 CHW image, label), ...]`` -> (normalized float images, soft
-    targets (N, num_classes)). MixUp on the first half, CutMix on the second (each half mixes
-    within itself, element i with element n-1-i, a ratio per element: timm's ``Mixup`` in 'elem'
-    mode), then RandAugment on each mixed image, then ImageNet mean/std normalization.
+    """A ``collate_fn``: ``[(uint8 CHW image, label), ...]`` of ``inputs_per_output`` x B raw
+    images -> (normalized float images, soft targets (B, num_classes)): DeepMind's MixUp and
+    CutMix (``my_mixup_cutmix``; the module docstring says which images pair), then RandAugment
+    on each mixed image, then mean/std normalization (one value per channel).
 
-    ``mixup_alpha`` or ``cutmix_alpha`` 0 turns that half's mixing off; ``ra_magnitude`` None
-    turns RandAugment off.
+    ``mixup_alpha`` or ``cutmix_alpha`` 0 turns that mixing off; with one of them on, raw image i
+    of the first half is mixed with raw image B + i of the second (``my_mixup`` / ``my_cutmix``);
+    with both off each output is one raw image and ``inputs_per_output`` is 1. ``ra_magnitude``
+    None turns RandAugment off. Random numbers: torch's global generator, in this order: the MixUp
+    ratios (Beta), then the CutMix boxes (:func:`cutmix_masks`).
     """
 
     def __init__(self, num_classes: int, ra_magnitude: int | None, ra_layers: int = RA_LAYERS,
                  mixup_alpha: float = 0.2, cutmix_alpha: float = 1.0,
                  mean: Sequence[float] = IMAGENET_DEFAULT_MEAN, std: Sequence[float] = IMAGENET_DEFAULT_STD):
         self.num_classes = num_classes
-        self.mixup = Mixup(mixup_alpha=mixup_alpha, cutmix_alpha=0.0, mode="elem", label_smoothing=0.0,
-                           num_classes=num_classes) if mixup_alpha > 0 else None
-        self.cutmix = Mixup(mixup_alpha=0.0, cutmix_alpha=cutmix_alpha, mode="elem", label_smoothing=0.0,
-                            num_classes=num_classes) if cutmix_alpha > 0 else None
+        self.mixup_alpha, self.cutmix_alpha = mixup_alpha, cutmix_alpha
+        self.groups = int(mixup_alpha > 0) + int(cutmix_alpha > 0)  # output groups, each of its own mixing
+        self.inputs_per_output = 2 if self.groups else 1
         self.randaugment = deepmind_randaugment(ra_magnitude, ra_layers) if ra_magnitude is not None else None
-        self.mean = torch.tensor(mean).view(3, 1, 1) * 255
-        self.std = torch.tensor(std).view(3, 1, 1) * 255
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1) * 255
+        self.std = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1) * 255
 
     def _mix(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.mixup is None and self.cutmix is None:
-            return x, torch.nn.functional.one_hot(y, self.num_classes).float()
-        if len(x) % 4:
-            raise ValueError(f"MixUp/CutMix on halves of the batch pair images within each half: each process's "
-                             f"batch must be a multiple of 4, got {len(x)}; change the batch size")
-        halves = []
-        for mixer, xs, ys in zip((self.mixup, self.cutmix), x.chunk(2), y.chunk(2)):
-            halves.append(mixer(xs, ys) if mixer is not None
-                          else (xs, torch.nn.functional.one_hot(ys, self.num_classes).float()))
-        return torch.cat([h[0] for h in halves]), torch.cat([h[1] for h in halves])
+        targets = torch.nn.functional.one_hot(y, self.num_classes).float()
+        if not self.groups:
+            return x, targets
+        if len(x) % (2 * self.groups):
+            raise ValueError(f"MixUp and CutMix take {2 * self.groups} equal parts of each step's raw images; "
+                             f"got {len(x)}, make each process's batch a multiple of {self.groups}")
+        part = len(x) // (2 * self.groups)
+        ratios = []  # per output: the weight of its first image
+        if self.mixup_alpha > 0:
+            ratios.append(torch.distributions.Beta(self.mixup_alpha, self.mixup_alpha).sample((part,)).view(-1, 1, 1, 1))
+        if self.cutmix_alpha > 0:
+            ratios.append(cutmix_masks(part, x.shape[-2], x.shape[-1], self.cutmix_alpha).unsqueeze(1))
+        images, mixed_targets = [], []
+        for g, ratio in enumerate(ratios):
+            first, second = slice(2 * g * part, (2 * g + 1) * part), slice((2 * g + 1) * part, (2 * g + 2) * part)
+            images.append(ratio * x[first] + (1 - ratio) * x[second])
+            weight = ratio.mean((1, 2, 3)).view(-1, 1)
+            mixed_targets.append(weight * targets[first] + (1 - weight) * targets[second])
+        return torch.cat(images), torch.cat(mixed_targets)
 
     def __call__(self, samples: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.stack([s[0] for s in samples]).float()
@@ -131,5 +168,6 @@ class DeepMindBatchAugment:
         x, y = self._mix(x, y)
         if self.randaugment is not None:
             pil = [TF.to_pil_image(img) for img in x.clamp_(0, 255).to(torch.uint8)]
-            x = torch.stack([TF.pil_to_tensor(self.randaugment(img)) for img in pil]).float()
+            # RandAugment's ops and grey fill are RGB's; a grayscale image goes through as grey RGB (exact)
+            x = torch.stack([TF.pil_to_tensor(self.randaugment(img.convert("RGB")).convert(img.mode)) for img in pil]).float()
         return (x - self.mean) / self.std, y
