@@ -21,26 +21,37 @@ The result runs without weight arithmetic, exports to ONNX and TorchScript, comp
 training it would train the folded weights directly, without stochastic depth.
 
 TensorFlow-style SAME padding of a strided conv depends on the input size. Given
-``input_size``, ``fuse`` resolves it once for that size: a symmetric padding becomes the conv's
-own padding, an asymmetric one a fixed zero pad (:class:`PaddedConv2d`). Without it, such convs
-keep computing their padding per input (:class:`SamePadConv2d`).
+``input_size``, ``fuse`` resolves it once for that size (:class:`PaddedConv2d`): a symmetric
+padding becomes the conv's own padding, an asymmetric one a fixed zero pad. Such a model is
+exact at that size only, and refuses any other with an :class:`InputSizeError` naming both
+sizes (the padding would be wrong, and with it the logits). Without ``input_size``, such convs
+compute their padding per input (:class:`SamePadConv2d`) and the model serves any size.
+
+An ONNX export (``torch.onnx.export``, its default ``dynamo=True`` exporter) of a model fused for
+one size is valid at that size only: the exported graph declares that input size, even where
+dynamic height and width are asked for (the size check pins them), and onnxruntime refuses any
+other. Export a model fused without ``input_size`` for inputs of varying size. The legacy
+exporter (``dynamo=False``) traces the check away: with its ``dynamic_axes`` a size-fused graph
+would run at other sizes with the wrong padding, so do not combine the two.
 """
 from __future__ import annotations
 
 import copy
 import math
 from collections.abc import Sequence
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers.padding import get_same_padding, pad_same
 
+from .errors import NfzooError
 from .layers.activations import GammaAct
 from .layers.std_conv import is_weight_standardized
 from .models.nfnet import FusedNFBlock, NFBlock
 
-__all__ = ["fuse", "inference_gelu", "InferenceGELU", "PaddedConv2d", "SamePadConv2d"]
+__all__ = ["fuse", "inference_gelu", "InferenceGELU", "InputSizeError", "PaddedConv2d", "SamePadConv2d"]
 
 torch.fx.wrap("pad_same")  # one node in a trace: the padding depends on the input's size
 
@@ -84,18 +95,47 @@ class InferenceGELU(nn.GELU):
         return inference_gelu(x, self.approximate)
 
 
-class PaddedConv2d(nn.Conv2d):
-    """Conv2d after a fixed, possibly asymmetric, zero padding ``(left, right, top, bottom)``."""
+class InputSizeError(NfzooError, ValueError):
+    """An input of another spatial size than the one a model was fused for."""
 
-    def __init__(self, *args, pad: tuple[int, int, int, int], **kwargs):
-        super().__init__(*args, **kwargs)
-        self.pad = tuple(pad)
+
+@torch.fx.wrap  # one node in a trace, so that a traced fused model checks its inputs too
+def check_fused_size(x: torch.Tensor, expected: Tuple[int, int], fused_for: Tuple[int, int]) -> None:
+    """Refuse ``x`` unless its spatial size is ``expected``: the size a conv of a model fused for
+    ``fused_for`` (H, W) inputs had its SAME padding resolved for."""
+    if x.shape[-2] != expected[0] or x.shape[-1] != expected[1]:
+        raise InputSizeError(
+            f"got {x.shape[-2]}x{x.shape[-1]} px where a model fused for {fused_for[0]}x{fused_for[1]} px "
+            f"inputs expects {expected[0]}x{expected[1]} px (its SAME padding is resolved for that size): "
+            "call nfzoo.fuse again with input_size=(C, H, W) of these inputs, or without input_size "
+            "to pad every input as it comes")
+
+
+class PaddedConv2d(nn.Conv2d):
+    """Conv2d after TensorFlow SAME padding resolved for one input size: ``pad`` is the zero padding
+    ``(left, right, top, bottom)`` applied before the conv when it is asymmetric, None when it is
+    symmetric and the conv's own ``padding``. An input of any other size than ``in_size`` (what
+    the model's ``fused_for`` input size gives here) is refused with an :class:`InputSizeError`.
+    """
+
+    def __init__(self, *args, in_size: Sequence[int], fused_for: Sequence[int],
+                 pad: Sequence[int], **kwargs):
+        left, right, top, bottom = pad
+        symmetric = (left, top) == (right, bottom)
+        super().__init__(*args, padding=(top, left) if symmetric else 0, **kwargs)
+        self.in_size = (int(in_size[0]), int(in_size[1]))
+        self.fused_for = (int(fused_for[0]), int(fused_for[1]))
+        self.pad: Optional[Tuple[int, int, int, int]] = None if symmetric else (left, right, top, bottom)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._conv_forward(F.pad(x, self.pad), self.weight, self.bias)
+        check_fused_size(x, self.in_size, self.fused_for)
+        pad = self.pad  # a local, which TorchScript can refine
+        if pad is not None:
+            x = F.pad(x, pad)
+        return self._conv_forward(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
-        return super().extra_repr() + f", pad={self.pad}"
+        return super().extra_repr() + f", in_size={self.in_size}, pad={self.pad}"
 
 
 class SamePadConv2d(nn.Conv2d):
@@ -112,8 +152,9 @@ def _same_pad(conv: nn.Conv2d, in_hw: Sequence[int]) -> tuple[int, int, int, int
     return pw // 2, pw - pw // 2, ph // 2, ph - ph // 2
 
 
-def _plain_conv(conv: nn.Module, in_hw: Sequence[int] | None) -> nn.Module:
-    """A plain conv equal to the weight-standardized ``conv`` (for inputs of size in_hw)."""
+def _plain_conv(conv: nn.Module, in_hw: Sequence[int] | None, fused_for: Sequence[int] | None) -> nn.Module:
+    """A plain conv equal to the weight-standardized ``conv``: for inputs of size in_hw (what the
+    model's input size fused_for gives it) where its SAME padding depends on the input size."""
     base = next(c for c in type(conv).__mro__ if c in (nn.Conv1d, nn.Conv2d, nn.Conv3d))
     kwargs = dict(
         in_channels=conv.in_channels, out_channels=conv.out_channels, kernel_size=conv.kernel_size,
@@ -121,15 +162,12 @@ def _plain_conv(conv: nn.Module, in_hw: Sequence[int] | None) -> nn.Module:
         bias=conv.bias is not None, padding_mode=conv.padding_mode,
         device=conv.weight.device, dtype=conv.weight.dtype)
     if getattr(conv, "dynamic_same_pad", False):
-        if in_hw is None:
+        if in_hw is None or fused_for is None:
             base = SamePadConv2d  # its padding is 0 (get_padding_value's answer for dynamic SAME)
         else:
-            left, right, top, bottom = _same_pad(conv, in_hw)
-            if (left, top) == (right, bottom):
-                kwargs["padding"] = (top, left)
-            else:
-                base = PaddedConv2d
-                kwargs.update(padding=0, pad=(left, right, top, bottom))
+            base = PaddedConv2d
+            del kwargs["padding"]
+            kwargs.update(in_size=in_hw, fused_for=fused_for, pad=_same_pad(conv, in_hw))
     plain = base(**kwargs)
     if conv.weight.dim() == 4 and conv.weight.is_contiguous(memory_format=torch.channels_last):
         plain = plain.to(memory_format=torch.channels_last)  # as model.to(memory_format=...) left it
@@ -180,7 +218,10 @@ def fuse(model: nn.Module, input_size: Sequence[int] | None = None, inplace: boo
     Args:
         input_size: ``(C, H, W)`` of the inputs the fused model will see (e.g. the model's
             ``pretrained_cfg['input_size']``); lets SAME padding be resolved statically. The
-            fused model then expects exactly that spatial size in its strided SAME convs.
+            fused model then computes the right logits at exactly that spatial size and refuses
+            any other with an :class:`InputSizeError` (so does a traced or scripted copy; an
+            ONNX export is valid at that size only, see the module docstring). Without it, the
+            fused model serves every input size.
         inplace: modify ``model`` itself instead of a deep copy.
         memory_format: the layout of every 2-d conv weight of the fused model. The default,
             ``torch.channels_last``, is the faster one for NFNets on CPU (oneDNN convolves NHWC
@@ -192,13 +233,14 @@ def fuse(model: nn.Module, input_size: Sequence[int] | None = None, inplace: boo
             current layout.
     """
     in_sizes = _input_sizes(model, input_size) if input_size is not None else {}
+    fused_for = tuple(input_size[-2:]) if input_size is not None else None
     if not inplace:
         model = copy.deepcopy(model)
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
             if is_weight_standardized(child):
                 path = f"{name}.{child_name}" if name else child_name
-                setattr(module, child_name, _plain_conv(child, in_sizes.get(path)))
+                setattr(module, child_name, _plain_conv(child, in_sizes.get(path), fused_for))
     for module in list(model.modules()):
         for child_name, child in list(module.named_children()):
             if isinstance(child, NFBlock):

@@ -5,7 +5,7 @@ import torch.nn as nn
 from _nf_reference import nfnet_logits, nf_resnet_logits
 
 import nfzoo
-from nfzoo.fuse import InferenceGELU, PaddedConv2d
+from nfzoo.fuse import InferenceGELU, InputSizeError, PaddedConv2d
 from nfzoo.layers import GammaAct, ScaledStdConv2d, WSConv1d, WSConv2d, WSConv3d
 from nfzoo.layers.std_conv import is_weight_standardized
 from nfzoo.models.nfnet import FusedNFBlock
@@ -59,7 +59,7 @@ def test_fuse_resolves_same_padding_statically(model):
     assert type(even.stem) is PaddedConv2d and even.stem.pad == (0, 1, 0, 1)
     assert type(even.conv) is nn.Conv2d and even.conv.padding == (1, 1)  # stride 1: always static
     odd = nfzoo.fuse(model, input_size=(3, 17, 17))
-    assert type(odd.stem) is nn.Conv2d and odd.stem.padding == (1, 1)
+    assert type(odd.stem) is PaddedConv2d and odd.stem.pad is None and odd.stem.padding == (1, 1)
 
 
 @pytest.mark.parametrize("conv,shape", [(WSConv1d(4, 6, 3, padding=1), (2, 4, 9)),
@@ -101,6 +101,57 @@ def test_onnx_export_matches(model, tmp_path):
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     torch.testing.assert_close(torch.from_numpy(out), expected, rtol=0, atol=1e-5)
+
+
+def _assert_refuses(runnable, x, fused_hw):
+    """``runnable`` (a fused model, or its trace or script) refuses ``x``, naming both sizes."""
+    sizes = (f"{x.shape[-2]}x{x.shape[-1]} px", f"{fused_hw[0]}x{fused_hw[1]} px")
+    # TorchScript raises its own error class, with the InputSizeError's name and message
+    with pytest.raises((InputSizeError, torch.jit.Error), match=f"InputSizeError|{sizes[0]}") as info:
+        with torch.no_grad():
+            runnable(x)
+    assert all(s in str(info.value) for s in sizes)
+
+
+@pytest.mark.parametrize("size", [29, 31])
+def test_model_fused_for_one_size_refuses_another(size):
+    """nfnet_mini fused for its 28 px inputs gives its logits at 28 px, and refuses 29 and 31 px
+    (where the padding resolved for 28 px would give other logits), as do its trace and script;
+    fused without input_size it gives the model's logits at those sizes."""
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("nfnet_mini").eval()
+    fused = nfzoo.fuse(model, input_size=(1, 28, 28))
+    x28, x = torch.randn(2, 1, 28, 28), torch.randn(2, 1, size, size)
+    torch.testing.assert_close(reference(fused, x28), reference(model, x28), rtol=1e-4, atol=1e-5)
+    for runnable in (fused, torch.fx.symbolic_trace(fused), torch.jit.script(fused)):
+        _assert_refuses(runnable, x, (28, 28))
+    torch.testing.assert_close(reference(nfzoo.fuse(model), x), reference(model, x), rtol=1e-4, atol=1e-5)
+
+
+def test_f0_shaped_model_fused_for_64_px_refuses_80_px():
+    model = _small_nfnet()
+    fused = nfzoo.fuse(model, input_size=(3, 64, 64))
+    _assert_refuses(fused, torch.randn(1, 3, 80, 80), (64, 64))
+    _assert_refuses(fused, torch.randn(1, 3, 64, 65), (64, 64))  # one side is enough
+
+
+@pytest.mark.parametrize("dynamic", [False, True])
+def test_onnx_export_of_size_fused_model_refuses_other_sizes(model, tmp_path, dynamic):
+    """The ONNX graph of a model fused for 16 px computes its logits at 16 px and refuses 17 px,
+    even when exported with dynamic height and width: it never runs with the wrong padding."""
+    ort = pytest.importorskip("onnxruntime")
+    x = torch.randn(2, 3, 16, 16)
+    path = tmp_path / "tiny.onnx"
+    dims = ({2: torch.export.Dim("h", min=8, max=64), 3: torch.export.Dim("w", min=8, max=64)},) if dynamic else None
+    torch.onnx.export(nfzoo.fuse(model, input_size=(3, 16, 16)), (x,), str(path), dynamo=True, dynamic_shapes=dims)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    torch.testing.assert_close(torch.from_numpy(session.run(None, {name: x.numpy()})[0]), reference(model, x),
+                               rtol=0, atol=1e-5)
+    with pytest.raises(Exception, match="invalid dimensions"):
+        session.run(None, {name: torch.randn(2, 3, 17, 17).numpy()})
 
 
 def reference_scaled_ws(w, gain, numerics, eps):
