@@ -66,6 +66,40 @@ def test_functional_low_precision_grads():
     torch.testing.assert_close(p.grad.float(), expected, rtol=2e-2, atol=1e-6)
 
 
+@pytest.mark.parametrize("dtypes", [
+    [torch.float64], [torch.float64, torch.float32, torch.bfloat16]], ids=["float64", "mixed"])
+def test_functional_float64_and_mixed_dtypes_match_the_reference(dtypes):
+    """float64 parameters are clipped in float64 (to float64 round-off of the reference), also when
+    they share the call with float32 and bfloat16 ones, whose clip stays as exact as alone."""
+    gen = torch.Generator().manual_seed(0)
+    params, expected = [], []
+    for i, shape in enumerate(SHAPES):
+        dtype = dtypes[i % len(dtypes)]
+        p = nn.Parameter(torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype))
+        p.grad = (torch.randn(shape, generator=gen, dtype=torch.float64) * 10.0 ** (i % 3 - 2)).to(dtype)
+        expected.append(reference_clip(p.detach().double(), p.grad.double(), 0.01, 1e-3))
+        params.append(p)
+    assert sum(not torch.equal(p.grad.double(), e) for p, e in zip(params, expected)) > 2  # some units clip
+    adaptive_grad_clip_(params, 0.01)
+    tolerances = {torch.float64: dict(rtol=1e-13, atol=0), torch.float32: dict(rtol=1e-6, atol=0),
+                  torch.bfloat16: dict(rtol=1e-2, atol=0)}
+    for p, e in zip(params, expected):
+        torch.testing.assert_close(p.grad.double(), e, **tolerances[p.dtype])
+
+
+@pytest.mark.parametrize("clip,eps", [
+    (0.0, 1e-3), (-0.01, 1e-3), (float("nan"), 1e-3), (float("inf"), 1e-3),
+    (0.01, 0.0), (0.01, float("nan")), (0.01, float("inf"))])
+def test_clip_and_eps_must_be_finite_positive(clip, eps):
+    p = nn.Parameter(torch.ones(4, 3))
+    p.grad = torch.full((4, 3), 100.0)
+    with pytest.raises(ValueError, match="finite positive"):
+        adaptive_grad_clip_([p], clip=clip, eps=eps)
+    with pytest.raises(ValueError, match="finite positive"):
+        AGC(torch.optim.SGD([p], lr=0.1), exclude=[], clip=clip, eps=eps)
+    assert torch.equal(p.grad, torch.full((4, 3), 100.0))
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="positive"):
         adaptive_grad_clip_([], clip=0.0)

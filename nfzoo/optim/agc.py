@@ -23,6 +23,7 @@ fourth passes mostly vanish.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterable
 
 import torch
@@ -84,9 +85,15 @@ def _cross_shard_groups(t: torch.Tensor, unitwise: bool) -> tuple[dist.ProcessGr
     return tuple(groups)
 
 
+def _norm_dtype(t: torch.Tensor) -> torch.dtype:
+    """The dtype a norm of ``t`` is computed in: float32, or float64 for a float64 tensor."""
+    return torch.promote_types(t.dtype, torch.float32)
+
+
 def _unit_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
-    """L2 norm of every unit of every tensor, in float32, concatenated in order (this process's
-    units: for a DTensor, those of its local shard, norms summed across the shards they span).
+    """L2 norm of every unit of every tensor, concatenated in order (this process's units: for a
+    DTensor, those of its local shard, norms summed across the shards they span); in float32, or
+    in float64 when a tensor is float64.
 
     A unit-wise tensor (judged by its global shape) contributes one norm per unit it holds,
     any other tensor one.
@@ -94,13 +101,16 @@ def _unit_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
     unitwise = [_is_unitwise(t) for t in tensors]
     local = [_local(t) for t in tensors]
     norms: list[torch.Tensor | None] = [None] * len(tensors)
-    whole = [i for i, u in enumerate(unitwise) if not u]
-    if whole:
-        for i, n in zip(whole, torch._foreach_norm([local[i] for i in whole], 2, dtype=torch.float32)):
+    whole_by_dtype: dict[torch.dtype, list[int]] = {}
+    for i, u in enumerate(unitwise):
+        if not u:
+            whole_by_dtype.setdefault(_norm_dtype(local[i]), []).append(i)
+    for dtype, whole in whole_by_dtype.items():
+        for i, n in zip(whole, torch._foreach_norm([local[i] for i in whole], 2, dtype=dtype)):
             norms[i] = n.view(1)
     for i, t in enumerate(local):
         if norms[i] is None:
-            norms[i] = torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=torch.float32)
+            norms[i] = torch.linalg.vector_norm(t.flatten(1), dim=1, dtype=_norm_dtype(t))
     by_groups: dict[tuple, list[int]] = {}
     for i, (t, u) in enumerate(zip(tensors, unitwise)):
         groups = _cross_shard_groups(t, u)
@@ -112,7 +122,14 @@ def _unit_norms(tensors: list[torch.Tensor]) -> torch.Tensor:
             dist.all_reduce(squares, group=group)
         for i, n in zip(indices, squares.sqrt_().split([len(norms[i]) for i in indices])):
             norms[i] = n
-    return torch.cat(norms)  # type: ignore[arg-type]
+    return torch.cat(norms)  # type: ignore[arg-type]  (float64 if any norm is)
+
+
+def _check_clip(clip: float, eps: float) -> None:
+    """Refuse a threshold or floor that is not a finite positive number (a NaN would clip nothing)."""
+    if not (math.isfinite(clip) and math.isfinite(eps) and clip > 0 and eps > 0):
+        raise ValueError(f"clip and eps must be finite positive numbers, got clip={clip}, eps={eps}: "
+                         f"use the published clip {DEEPMIND_CLIP} (see clip_for_batch) and eps 1e-3")
 
 
 @torch.no_grad()
@@ -125,8 +142,7 @@ def adaptive_grad_clip_(parameters: Iterable[torch.Tensor], clip: float = 0.01, 
     (:func:`nfzoo.optim.param_groups.agc_parameters`), or use the :class:`AGC` optimizer
     wrapper, which does it.
     """
-    if clip <= 0 or eps <= 0:
-        raise ValueError(f"clip and eps must be positive, got clip={clip}, eps={eps}")
+    _check_clip(clip, eps)
     params = [p for p in parameters if p.grad is not None]
     by_device: dict[torch.device, list[torch.Tensor]] = {}
     for p in params:
@@ -198,8 +214,7 @@ class AGC(Optimizer):
     ):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"AGC wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        if clip <= 0 or eps <= 0:
-            raise ValueError(f"clip and eps must be positive, got clip={clip}, eps={eps}")
+        _check_clip(clip, eps)
         excluded = list(exclude)
         if model is not None:
             params = dict(model.named_parameters())
