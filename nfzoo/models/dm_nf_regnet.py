@@ -107,7 +107,7 @@ class NFRegNetRecipe:
     agc_clip: float | None = None  # plain SGD: no adaptive gradient clipping
     label_smoothing: float = 0.1
     ema_decay: float | None = 0.99999
-    amp: str = "none"  # bfloat16=False
+    precision: str = "fp32"  # bfloat16=False
 
 
 def nf_regnet_recipe(name: str) -> NFRegNetRecipe:
