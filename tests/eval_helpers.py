@@ -46,14 +46,14 @@ def planted_expectation(items: list[tuple[int, int]]) -> tuple[float, float]:
 
 
 def write_planted_folder(root: Path, items: list[tuple[int, int]]) -> Path:
-    """An image folder with one folder per label (``c<label>``) and a class map file for it;
-    returns the class map's path."""
+    """An image folder with one folder per label (``c<label>``) and a class map file for it
+    (timm's format: line i names class i); returns the class map's path."""
     for i, (code, label) in enumerate(items):
         folder = root / f"c{label:03d}"
         folder.mkdir(parents=True, exist_ok=True)
         solid_image(code).save(folder / f"img_{i:04d}.png")
     class_map = root.parent / f"{root.name}_class_map.txt"
-    class_map.write_text("".join(f"c{label:03d} {label}\n" for label in sorted({lbl for _, lbl in items})))
+    class_map.write_text("".join(f"c{label:03d}\n" for label in range(max(lbl for _, lbl in items) + 1)))
     return class_map
 
 

@@ -164,7 +164,7 @@ def test_the_harness_prints_its_results_when_it_cannot_write_them(tmp_path, caps
     status = main(["--model", "resnet50_gn_ws", "--demo-images", "2", "--img-size", "32", "--workers", "0",
                    "--no-progress", "--results-file", str(tmp_path / "r.json")])
     out, err = capsys.readouterr()
-    assert status == 2 and "no space left" in err and str(tmp_path / "r.json") in err
+    assert status == 1 and "no space left" in err and str(tmp_path / "r.json") in err
     rows = json.loads(out[out.index("["):])
     assert rows[0]["model"] == "resnet50_gn_ws" and rows[0]["images"] == 2
     assert list(tmp_path.iterdir()) == []

@@ -82,7 +82,7 @@ BAD_INPUT = {
     "missing folder": (lambda t: ["--data-dir", str(t / "nope")], "does not exist"),
     "empty folder": (_empty, "is empty"),
     "not 1000 classes": (_not_1000, "2 class folders, not the 1000 .* --class-map"),
-    "corrupt image, --strict": (_corrupt_strict, r"corrupt image broken.png \(--strict"),
+    "corrupt image, --strict": (_corrupt_strict, r"corrupt image c002/broken.png \(--strict"),
     "check, model not in the zoo": (lambda t: _data_dir(t) + ["--pretrained", "--check"],
                                     "test_resnet has no pretrained weights in the nfzoo manifest"),
     "check, random weights": (lambda t: _data_dir(t) + ["--check"], "add --pretrained or --checkpoint"),

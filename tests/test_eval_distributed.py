@@ -50,7 +50,7 @@ def test_two_gloo_processes_give_the_one_process_numbers(tmp_path):
         multi = json.loads((tmp_path / f"rank{rank}.json").read_text())
         assert multi["images"] == single.images == 13
         assert (multi["top1"], multi["top5"]) == (single.top1, single.top5) == planted_expectation(items)
-        assert sorted(multi["bad_images"]) == sorted(single.bad_images) == ["broken.png", "truncated.png"]
+        assert sorted(multi["bad_images"]) == sorted(single.bad_images) == ["c000/broken.png", "c002/truncated.png"]
 
 
 @pytest.mark.parametrize("size", [0, 1, 7, 15, 1000])

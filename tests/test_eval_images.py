@@ -39,12 +39,12 @@ def test_a_malformed_png_is_counted_in_one_process_and_two(tmp_path):
     write_planted_folder(tmp_path / "data", items)
     (tmp_path / "data" / "c002" / "syntax.png").write_bytes(_png_that_pil_rejects_with_syntax_error())
     single = _evaluate(_source(tmp_path), start("cpu"))
-    assert single.images == 13 and single.bad_images == ["syntax.png"]
+    assert single.images == 13 and single.bad_images == ["c002/syntax.png"]
     assert (single.top1, single.top5) == planted_expectation(items)
     mp.start_processes(_worker, args=(tmp_path, 2), nprocs=2, join=True, start_method="fork")
     for rank in range(2):
         multi = json.loads((tmp_path / f"rank{rank}.json").read_text())
-        assert multi["images"] == 13 and multi["bad_images"] == ["syntax.png"]
+        assert multi["images"] == 13 and multi["bad_images"] == ["c002/syntax.png"]
 
 
 def test_a_16_bit_png_keeps_its_range(tmp_path):
@@ -52,7 +52,7 @@ def test_a_16_bit_png_keeps_its_range(tmp_path):
     folder = tmp_path / "c"
     folder.mkdir()
     Image.fromarray(ramp).save(folder / "deep.png")
-    (tmp_path / "map.txt").write_text("c 0\n")
+    (tmp_path / "map.txt").write_text("c\n")
     source = image_folder(tmp_path, tmp_path / "map.txt")
     rgb = np.asarray(source.open(0))
     expected = np.round(ramp / 257).astype(np.uint8)  # 65535 -> 255, linearly

@@ -35,7 +35,7 @@ def test_evaluate_matches_numpy_on_the_same_logits(tmp_path):
     for i in range(10):
         (tmp_path / "data" / f"c{i % 4}").mkdir(parents=True, exist_ok=True)
         random_image(rng, (40, 30)).save(tmp_path / "data" / f"c{i % 4}" / f"{i}.JPEG")
-    (tmp_path / "map.txt").write_text("c0 0\nc1 1\nc2 2\nc3 3\n")
+    (tmp_path / "map.txt").write_text("c0\nc1\nc2\nc3\n")
     source = open_source(tmp_path / "data", class_map=tmp_path / "map.txt")
     torch.manual_seed(0)
     model = timm.create_model("test_resnet").eval()

@@ -35,7 +35,7 @@ def folder(tmp_path_factory):
     for i, size in enumerate([(300, 200), (180, 340), (257, 257)]):
         (root / f"class{i}").mkdir()
         random_image(rng, size).save(root / f"class{i}" / "a.JPEG", quality=95)
-    (root / "map.txt").write_text("".join(f"class{i} {i}\n" for i in range(3)))
+    (root / "map.txt").write_text("".join(f"class{i}\n" for i in range(3)))
     return root
 
 

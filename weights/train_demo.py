@@ -56,7 +56,7 @@ def write_sample(data_dir: Path, count: int, out: Path) -> Path:
     for n, (image, label) in enumerate(zip(images, labels)):
         Image.fromarray(image, mode="L").save(out / folders[label] / f"{n:05d}.png", optimize=True)
     class_map = out / "class_map.txt"
-    class_map.write_text("".join(f"{folder} {i}\n" for i, folder in enumerate(folders)))
+    class_map.write_text("".join(f"{folder}\n" for folder in folders))  # timm's format: line i names class i
     return class_map
 
 

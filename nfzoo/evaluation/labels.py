@@ -77,7 +77,7 @@ def read_devkit_meta(path: Path) -> dict[int, str]:
             if len(fields) != 2 or not fields[0].isdigit():
                 raise EvaluationError(f"{path}: expected '<ILSVRC2012_ID> <synset>' per line, got {line!r}")
             pairs.append((int(fields[0]), fields[1]))
-    mapping = dict(pairs)
+    mapping = _unique_mapping(pairs, path)
     if sorted(mapping) != list(range(1, NUM_CLASSES + 1)):
         raise EvaluationError(f"{path}: the meta mapping must cover ILSVRC2012_IDs 1..1000 exactly once")
     for wnid in mapping.values():
@@ -101,14 +101,14 @@ def read_ground_truth(path: Path, meta: Path | None = None) -> dict[str, int]:
         raise EvaluationError(f"ground-truth file {path} is empty")
     first = lines[0].split()
     if len(first) == 2:
-        out = {}
+        pairs = []
         for line in lines:
             fields = line.split()
             if len(fields) != 2:
                 raise EvaluationError(f"{path}: expected '<file name> <label>' per line, got {line!r}")
             name, label = fields
-            out[name] = _class_of_index(label, path) if label.isdigit() else _class_of_wnid(label, str(path))
-        return out
+            pairs.append((name, _class_of_index(label, path) if label.isdigit() else _class_of_wnid(label, str(path))))
+        return _unique_mapping(pairs, path)
     if _WNID.match(first[0]):
         return {val_file_name(i + 1): _class_of_wnid(wnid, str(path)) for i, wnid in enumerate(lines)}
     if first[0].isdigit():
@@ -135,18 +135,29 @@ def _class_of_index(label: str, path: Path) -> int:
     return index
 
 
-def read_class_map(path: Path) -> dict[str, int]:
-    """Folder name -> model class index, one folder per line: ``<folder> <index>``, or just
-    ``<synset>`` for a folder named after an ImageNet-1k synset."""
+def _unique_mapping(pairs: list[tuple], path: Path) -> dict:
+    """``dict(pairs)``, refusing a key given twice with different values (a repeat with the same
+    value is harmless)."""
     out = {}
-    for line in _lines(path):
-        fields = line.split()
-        if len(fields) == 2 and fields[1].isdigit():
-            out[fields[0]] = _class_of_index(fields[1], path)
-        elif len(fields) == 1:
-            out[fields[0]] = _class_of_wnid(fields[0], str(path))
-        else:
-            raise EvaluationError(f"{path}: expected '<folder> <class index>' or '<synset>' per line, got {line!r}")
+    for key, value in pairs:
+        if out.setdefault(key, value) != value:
+            raise EvaluationError(f"{path}: {key!r} is given twice, as {out[key]!r} and as {value!r}; "
+                                  "keep the line that is right")
+    return out
+
+
+def read_class_map(path: Path) -> dict[str, int]:
+    """Class name -> class index from a class map in timm's text format (what timm's
+    ``validate.py --class-map`` reads): one class name per line, the line's index (from 0,
+    blank lines included) is the class index. In an image folder the names are the folder
+    names; timm's bundled ``imagenet_synsets.txt`` maps synset-named folders of any subset
+    of ImageNet-1k."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise EvaluationError(f"cannot read class map {path}: {getattr(e, 'strerror', None) or e}") from None
+    names = [line.strip() for line in text.split("\n")]  # as timm's reader iterates the file's lines
+    out = _unique_mapping([(name, i) for i, name in enumerate(names) if name], path)
     if not out:
         raise EvaluationError(f"class map {path} is empty")
     return out

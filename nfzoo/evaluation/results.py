@@ -10,7 +10,7 @@ from typing import Any
 from ..atomic_files import write_atomic
 from .input_error import EvaluationError
 
-__all__ = ["FIELDS", "DEFAULT_TOLERANCE", "check_row", "write_results", "read_results", "format_table"]
+__all__ = ["FIELDS", "DEFAULT_TOLERANCE", "check_row", "format_results", "write_results", "read_results", "format_table"]
 
 FIELDS = (
     "model", "tag", "weights", "top1", "top5", "expected_top1", "expected_top5", "delta_top1", "delta_top5",
@@ -34,26 +34,40 @@ def check_suffix(path: Path) -> None:
         raise EvaluationError(f"results file {path} must end in .json or .csv")
 
 
-def write_results(rows: list[dict[str, Any]], path: Path) -> None:
+def format_results(rows: list[dict[str, Any]], path: Path) -> str:
+    """The text of a results file: JSON or CSV, by ``path``'s suffix."""
     check_suffix(path)
     if Path(path).suffix == ".json":
-        text = json.dumps(rows, indent=2) + "\n"
-    else:
-        buf = io.StringIO()
-        writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        text = buf.getvalue()
-    write_atomic(path, text)
+        return json.dumps(rows, indent=2) + "\n"
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=FIELDS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def write_results(rows: list[dict[str, Any]], path: Path) -> None:
+    write_atomic(path, format_results(rows, path))
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a results file of nfzoo-validate."""
     check_suffix(path)
-    text = Path(path).read_text()
-    if Path(path).suffix == ".json":
-        return json.loads(text)
-    numeric = {"top1", "top5", "img_per_sec", "params_m", "gmacs"}
-    return [{k: float(v) if k in numeric and v else v for k, v in r.items()} for r in csv.DictReader(io.StringIO(text))]
+    try:
+        text = Path(path).read_text()
+        if Path(path).suffix == ".json":
+            rows = json.loads(text)
+        else:
+            kinds = {"top1": float, "top5": float, "expected_top1": float, "img_per_sec": float, "params_m": float,
+                     "gmacs": float, "images": int}
+            rows = [{k: kinds.get(k, str)(v) if v else None for k, v in r.items()}
+                    for r in csv.DictReader(io.StringIO(text))]
+    except (OSError, UnicodeDecodeError, ValueError, csv.Error) as e:
+        raise EvaluationError(f"cannot read results file {path}: {getattr(e, 'strerror', None) or e}") from None
+    needed = {"model", "top1", "img_per_sec", "data", "images"}
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and needed <= set(r) for r in rows):
+        raise EvaluationError(f"{path} is not a results file of nfzoo-validate (rows with {', '.join(sorted(needed))})")
+    return rows
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:

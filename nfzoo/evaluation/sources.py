@@ -1,13 +1,16 @@
 """Where validation images come from: an ImageFolder, the devkit's flat folder, or parquet shards.
 
-A source is an indexed list of labelled images: ``names[i]`` (a file name, for messages and
-ImageNet-ReaL), ``labels[i]`` (sorted-synset class index) and ``open(i)`` (a decoded RGB PIL
-image; raises whatever PIL raises when the image cannot be decoded: ``OSError``, ``ValueError``,
-``SyntaxError`` ...).
+A source is an indexed list of labelled images: ``names[i]`` (the path relative to the data
+folder, for messages and ImageNet-ReaL), ``labels[i]`` (the model's class index) and ``open(i)``
+(a decoded RGB PIL image). ``open`` raises :class:`UndecodableImage` for an image that cannot be
+decoded, whatever PIL raised for it (``OSError``, ``ValueError``, ``SyntaxError`` ...), and for
+a file that is not a regular file (a FIFO or a device, never opened); anything else it raises is
+a problem with the source, not with one image.
 """
 from __future__ import annotations
 
 import io
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -17,9 +20,15 @@ from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_datas
 from .input_error import EvaluationError
 from .labels import NUM_CLASSES, read_class_map, read_ground_truth
 
-__all__ = ["FileSource", "ParquetSource", "image_folder", "flat_val_folder", "open_source"]
+__all__ = ["UndecodableImage", "FileSource", "ParquetSource", "image_folder", "flat_val_folder", "open_source"]
 
 FLAT_VAL_GLOB = "ILSVRC2012_val_*.JPEG"
+# torchvision's image extensions, and GIFs: decoding one gives its first frame.
+IMAGE_EXTENSIONS = (*IMG_EXTENSIONS, ".gif")
+
+
+class UndecodableImage(Exception):
+    """One image cannot be decoded: the harness counts it as a bad image and goes on."""
 
 
 # PIL opens 16-bit grayscale PNGs in these modes; its convert("RGB") clips them at 255.
@@ -27,24 +36,35 @@ _SIXTEEN_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N")
 
 
 def _decode(fp) -> Image.Image:
-    with Image.open(fp) as img:
-        if img.mode in _SIXTEEN_BIT_MODES:  # 0..65535 onto 0..255: v * 255 / 65535 = v / 257
-            img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).astype(np.uint8), "L")
-        return img.convert("RGB")  # convert() decodes the whole image: truncation fails here
+    """The RGB image in ``fp``; :class:`UndecodableImage` when PIL cannot decode it."""
+    try:
+        with Image.open(fp) as img:
+            if img.mode in _SIXTEEN_BIT_MODES:  # 0..65535 onto 0..255: v * 255 / 65535 = v / 257
+                img = Image.fromarray(np.round(np.asarray(img, dtype=np.float64) / 257).astype(np.uint8), "L")
+            return img.convert("RGB")  # convert() decodes the whole image: truncation fails here
+    except Exception as e:  # noqa: BLE001  PIL's decode failures have many types (OSError, SyntaxError ...)
+        raise UndecodableImage(f"{type(e).__name__}: {e}") from e
 
 
 class FileSource:
-    """Images stored as files."""
+    """Images stored as files under ``root``."""
 
-    def __init__(self, paths: list[Path], labels: list[int], description: str):
+    def __init__(self, paths: list[Path], labels: list[int], description: str, root: Path):
         self.paths, self.labels, self.description = paths, labels, description
-        self.names = [p.name for p in paths]
+        self.names = [str(p.relative_to(root)) for p in paths]
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def open(self, index: int) -> Image.Image:
-        return _decode(self.paths[index])
+        path = self.paths[index]
+        try:
+            mode = path.stat().st_mode
+        except OSError as e:
+            raise UndecodableImage(f"cannot read it: {e.strerror}") from e
+        if not stat.S_ISREG(mode):  # opening a FIFO would wait for a writer forever
+            raise UndecodableImage("not a regular file")
+        return _decode(path)
 
 
 class ParquetSource:
@@ -105,32 +125,56 @@ def _require_dir(root: Path) -> None:
         raise EvaluationError(f"data folder {root} does not exist (or is not a folder)")
 
 
-def image_folder(root: Path, class_map: Path | None = None) -> FileSource:
-    """One sub-folder per class. Without ``class_map`` there must be exactly 1000 folders:
-    named ``0`` ... ``999``, each is the class of its number; otherwise they are taken in
-    sorted order (synset-named folders then match the models' classes)."""
+def image_folder(root: Path, class_map: Path | None = None, class_names: list[str] | None = None) -> FileSource:
+    """One sub-folder per class. With ``class_map`` (timm's format, see
+    :func:`~nfzoo.evaluation.labels.read_class_map`) or ``class_names`` (the class names of a
+    checkpoint, in index order) each folder is the class of its name. Otherwise there must be
+    exactly 1000 folders: named ``0`` ... ``999``, each is the class of its number; else they are
+    taken in sorted order (synset-named folders then match the models' classes).
+
+    Files that are not images by their extension are left out and counted in the description;
+    GIFs are read as their first frame, and counted there too."""
     _require_dir(root)
     folders, _ = find_classes(str(root))
-    numeric = False
-    if class_map is not None:
-        class_to_idx = read_class_map(class_map)
+    how = ""
+    if class_map is not None or class_names is not None:
+        if class_map is not None:
+            class_to_idx, named_by = read_class_map(class_map), f"class map {class_map}"
+        else:
+            class_to_idx, named_by = {name: i for i, name in enumerate(class_names)}, "the checkpoint's label_names"
         missing = sorted(set(folders) - set(class_to_idx))
         if missing:
-            raise EvaluationError(f"class map {class_map} has no entry for folder(s) {missing[:5]} of {root}")
+            raise EvaluationError(f"{named_by} has no class named {missing[0]!r} (a folder of {root}; "
+                                  f"{len(missing)} such folder(s)); class maps list one class name per line, "
+                                  "the line's index being the class index")
         class_to_idx = {f: class_to_idx[f] for f in folders}
     elif len(folders) != NUM_CLASSES:
         raise EvaluationError(
             f"{root} has {len(folders)} class folders, not the 1000 of ImageNet-1k: give --class-map "
             "to say which model class each folder is")
-    elif numeric := all(f.isdigit() for f in folders):
+    elif all(f.isdigit() for f in folders):
         class_to_idx = _numeric_classes(root, folders)
+        how = " (folders named by class index, mapped by number)"
     else:
         class_to_idx = {f: i for i, f in enumerate(folders)}
-    samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    left_out: list[str] = []
+
+    def is_image(path: str) -> bool:
+        if path.lower().endswith(IMAGE_EXTENSIONS):
+            return True
+        left_out.append(path)
+        return False
+
+    samples = make_dataset(str(root), class_to_idx, is_valid_file=is_image, allow_empty=True)
     if not samples:
         raise EvaluationError(f"{root} has class folders but no images in them")
-    how = " (folders named by class index, mapped by number)" if class_map is None and numeric else ""
-    return FileSource([Path(p) for p, _ in samples], [c for _, c in samples], f"image folder {root}{how}")
+    gifs = sum(p.lower().endswith(".gif") for p, _ in samples)
+    if gifs:
+        how += f"; {gifs} GIF(s) read as their first frame"
+    if left_out:
+        suffixes = sorted({Path(p).suffix or "(none)" for p in left_out})
+        how += f"; {len(left_out)} file(s) left out as not images (extension {', '.join(suffixes[:5])})"
+    return FileSource([Path(p) for p, _ in samples], [c for _, c in samples], f"image folder {root}{how}", root)
 
 
 def _numeric_classes(root: Path, folders: list[str]) -> dict[str, int]:
@@ -153,7 +197,7 @@ def flat_val_folder(root: Path, ground_truth: Path, meta: Path | None = None) ->
     unknown = [p.name for p in paths if p.name not in truth]
     if unknown:
         raise EvaluationError(f"ground truth {ground_truth} has no label for {unknown[0]} ({len(unknown)} such files)")
-    return FileSource(paths, [truth[p.name] for p in paths], f"flat validation folder {root}")
+    return FileSource(paths, [truth[p.name] for p in paths], f"flat validation folder {root}", root)
 
 
 def open_source(
@@ -162,10 +206,11 @@ def open_source(
     ground_truth: Path | None = None,
     gt_meta: Path | None = None,
     class_map: Path | None = None,
+    class_names: list[str] | None = None,
 ) -> FileSource | ParquetSource:
     """The source for ``data_dir``, by its layout: parquet shards (``*.parquet`` in it or in
     ``data_dir/data``, or a single ``.parquet`` file), a flat devkit folder (needs
-    ``ground_truth``), or an image folder of class sub-folders."""
+    ``ground_truth``), or an image folder of class sub-folders (see :func:`image_folder`)."""
     data_dir = Path(data_dir)
     if data_dir.is_file() and data_dir.suffix == ".parquet":
         return ParquetSource([data_dir])
@@ -182,4 +227,4 @@ def open_source(
     if not any(p.is_dir() for p in data_dir.iterdir()):
         raise EvaluationError(f"data folder {data_dir} is empty: expected class sub-folders, "
                               "ILSVRC2012_val_*.JPEG files or parquet shards")
-    return image_folder(data_dir, class_map)
+    return image_folder(data_dir, class_map, class_names)
