@@ -54,7 +54,8 @@ def tiny_dataset(n=64, classes=4, size=8, seed=0):
 def make_trainer(tmp, seed=0, **overrides):
     torch.manual_seed(seed)
     cfg = TrainConfig(**{"epochs": 2, "batch_size": 16, "lr": 0.2, "agc_clip": 0.1, "warmup_epochs": 0.5, "ema_decay": 0.9,
-                         "ckpt_every": 3, "log_every": 1, "progress": False, "output_dir": str(tmp), **overrides})
+                         "ckpt_every": 3, "log_every": 1, "progress": False, "plot": False, "output_dir": str(tmp),
+                         **overrides})
     return Trainer(TinyNet(), tiny_dataset(), cfg, eval_set=tiny_dataset(32, seed=0))
 
 
@@ -217,7 +218,8 @@ def test_cli_resumes_after_sigkill(tmp_path, one_thread):
     write_fake_fashion_mnist(tmp_path)
     args = ["--model", "test_nfnet", "--dataset", "fashion_mnist", "--data-dir", str(tmp_path), "--epochs", "2",
             "--batch-size", "8", "--lr", "0.05", "--warmup-epochs", "0.5", "--ema-decay", "0.9",
-            "--drop-rate", "0.2", "--drop-path-rate", "0.1", "--ckpt-every", "1", "--log-every", "1", "--no-progress"]
+            "--drop-rate", "0.2", "--drop-path-rate", "0.1", "--ckpt-every", "1", "--log-every", "1", "--no-progress",
+            "--no-plot"]
     killed_dir = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, "-m", "nfzoo.train", *args, "--output-dir", str(killed_dir)],
                             env=one_thread, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -233,9 +235,9 @@ def test_cli_resumes_after_sigkill(tmp_path, one_thread):
     at_kill = load_checkpoint(killed_dir / CHECKPOINT_NAME)["step"]
     assert 0 < at_kill < 24
 
-    resumed = main([*args, "--output-dir", str(killed_dir)])
-    full = main([*args, "--output-dir", str(tmp_path / "full")])
-    assert resumed == full
+    assert main([*args, "--output-dir", str(killed_dir)]) == 0
+    assert main([*args, "--output-dir", str(tmp_path / "full")]) == 0
+    assert read_metrics(killed_dir / "metrics.jsonl") == read_metrics(tmp_path / "full" / "metrics.jsonl")
     a = comparable(load_checkpoint(killed_dir / CHECKPOINT_NAME))
     b = comparable(load_checkpoint(tmp_path / "full" / CHECKPOINT_NAME))
     assert a["step"] == 24
@@ -248,8 +250,8 @@ def test_micro_batches_accumulate_the_full_batch_gradient(tmp_path):
     x, y = tiny_dataset()[:16]
     grads = []
     for micro in (None, 4):
-        cfg = TrainConfig(epochs=1, batch_size=16, micro_batch=micro, lr=0.1, ema_decay=None, agc_clip=None,
-                          progress=False, output_dir=str(tmp_path / str(micro)))
+        cfg = TrainConfig(epochs=1, batch_size=16, micro_batch=micro, lr=0.1, warmup_epochs=0, ema_decay=None,
+                          agc_clip=None, progress=False, output_dir=str(tmp_path / str(micro)))
         trainer = Trainer(copy.deepcopy(model), tiny_dataset(), cfg)
         loss = trainer.train_step(x, y)
         grads.append((loss, [p.grad.clone() for p in trainer.model.parameters()]))
@@ -262,7 +264,7 @@ def test_torchrun_two_processes_match_one_process_with_the_global_batch(tmp_path
     """DDP on Gloo: 2 ranks sharing the global batch 16 train a normalizer-free net exactly like 1 rank."""
     write_fake_fashion_mnist(tmp_path)
     common = ["--model", "test_nfnet", "--data-dir", str(tmp_path), "--epochs", "1", "--lr", "0.1",
-              "--warmup-epochs", "0", "--ema-decay", "none", "--no-progress", "--eval-every", "0"]
+              "--warmup-epochs", "0", "--ema-decay", "none", "--no-progress", "--no-plot", "--eval-every", "0"]
     ddp = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "nfzoo.train", *common, "--batch-size", "16", "--output-dir", str(tmp_path / "ddp")],
                          env=one_thread, capture_output=True, text=True, timeout=600)

@@ -1,3 +1,5 @@
+import sys
+
 from .train_cli import main
 
-main()
+sys.exit(main())

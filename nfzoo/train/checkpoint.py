@@ -6,9 +6,15 @@ dicts of them, so ``torch.load(weights_only=True)`` reads it: a planted or tampe
 ``last.pth`` cannot run code on resume, and timm (hence ``nfzoo-validate --checkpoint``) loads
 its ``model`` entry like any state dict. NumPy's generator state, the one non-tensor array, is
 stored as a tensor.
+
+Next to ``model`` a checkpoint holds ``model_config``: what a reader needs to rebuild the model
+and preprocess images as the run validated them, without the training command
+(:data:`MODEL_CONFIG_KEYS`; :func:`read_model_config`). The run folder holds the same dict as
+``model_config.json``.
 """
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import random
@@ -18,10 +24,17 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..atomic_files import atomic_open
+from ..atomic_files import atomic_open, write_atomic
 from ..weights.errors import CheckpointError
 
-__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "MODEL_CONFIG_KEYS",
+           "MODEL_CONFIG_FILE", "read_model_config", "write_model_config"]
+
+# architecture: the timm model name as given to create_model, without a tag; label_names: the class
+# names in index order; the rest is the eval data config the run validated with.
+MODEL_CONFIG_KEYS = ("architecture", "num_classes", "in_chans", "label_names", "input_size", "mean", "std",
+                     "interpolation", "crop_pct", "crop_mode")
+MODEL_CONFIG_FILE = "model_config.json"
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> None:
@@ -45,6 +58,24 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     except (EOFError, RuntimeError, ValueError) as e:
         raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e}); "
                               "move it away, or start fresh with --no-resume") from e
+
+
+def read_model_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint's ``model_config`` (keys :data:`MODEL_CONFIG_KEYS`), or None for a checkpoint
+    without one (a plain state dict, or one written before checkpoints carried it)."""
+    config = checkpoint.get("model_config")
+    if config is None:
+        return None
+    missing = [k for k in MODEL_CONFIG_KEYS if not isinstance(config, dict) or k not in config]
+    if missing:
+        raise CheckpointError(f"the checkpoint's model_config lacks {', '.join(missing)}; it was not written by "
+                              "nfzoo.train (or was edited): pass the model's settings explicitly")
+    return {k: config[k] for k in MODEL_CONFIG_KEYS}
+
+
+def write_model_config(config: dict[str, Any], folder: str | os.PathLike) -> None:
+    """Write ``config`` as ``<folder>/model_config.json``, atomically."""
+    write_atomic(Path(folder) / MODEL_CONFIG_FILE, json.dumps({k: config[k] for k in MODEL_CONFIG_KEYS}, indent=2) + "\n")
 
 
 def rng_state() -> dict[str, Any]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import math
 import random
+import time
 from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
@@ -20,17 +21,30 @@ from .. import torchrun
 from ..atomic_files import remove_stale_temporaries
 from ..layers.ablation_norms import clamp_gates_
 from ..optim.param_groups import agc_parameters
-from .checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ..weights.errors import CheckpointError
+from .checkpoint import (load_checkpoint, read_model_config, rng_state, save_checkpoint, set_rng_state,
+                         write_model_config)
 from .config import TrainConfig
-from .data import ResumableBatchSampler
 from .ema import TF1WarmupEma
-from .metrics_log import MetricsLog
+from .metrics_log import MetricsLog, MetricsPlot, read_metrics
 from .optimizer import build_optimizer, build_scheduler, clip_gradients
+from .precision import autocast_dtype, cast_forward
+from .steps import StepBatchSampler, total_steps, warmup_steps
 
-__all__ = ["Trainer", "CHECKPOINT_NAME"]
+__all__ = ["Trainer", "CHECKPOINT_NAME", "PLOT_NAME", "RESUME_HONOURS"]
 
 CHECKPOINT_NAME = "last.pth"
+PLOT_NAME = "metrics.png"
 _FORMAT = "nfzoo.train/2"  # 2: loads with weights_only=True; counts the metrics records
+
+# The settings a resumed run may change: they steer the loop, not what a step computes. ``epochs``
+# re-times the warmup-cosine schedule to the new length from the step reached; ``data_dir`` (the
+# command line's) may move, its classes are checked against the checkpoint's. Any other change is
+# refused: the checkpoint's optimizer, EMA and data position would silently keep the old values.
+RESUME_HONOURS = frozenset({"epochs", "eval_every", "ckpt_every", "log_every", "progress", "plot", "num_workers",
+                            "micro_batch", "stop_on_nonfinite", "output_dir", "resume", "data_dir"})
+# model_config entries that must match for a checkpoint's weights to fit the model
+_MODEL_IDENTITY = ("architecture", "num_classes", "in_chans", "label_names")
 
 
 class Trainer:
@@ -43,32 +57,47 @@ class Trainer:
     (bit-exact on CPU with ``num_workers=0``; with workers, random augmentations after a
     mid-epoch resume are drawn afresh).
 
+    The checkpoint also holds the run's settings (``cfg`` and ``flags``): resuming with a setting
+    outside :data:`RESUME_HONOURS` changed, or with another model, is refused with a
+    :class:`~nfzoo.weights.errors.CheckpointError` that names the differences.
+
     Args:
         on_step: called with the trainer after every step (and after that step's checkpoint).
         collate_fn: turns a list of training samples into ``(images, targets)``; targets may be
-            class indices or class probabilities (MixUp/CutMix: :mod:`nfzoo.train.augment`).
+            class indices or class probabilities (MixUp/CutMix: :mod:`nfzoo.train.augment`). Its
+            ``inputs_per_output`` attribute (1 if absent) is how many samples it receives per
+            output: each step draws that many times the batch (:mod:`nfzoo.train.steps`).
+        model_config: what a reader of the checkpoint needs to rebuild and evaluate the model
+            (:data:`~nfzoo.train.checkpoint.MODEL_CONFIG_KEYS`); stored in every checkpoint and
+            written to ``<output_dir>/model_config.json``.
+        flags: settings of the run beyond ``cfg`` (the command line's), checked on resume like ``cfg``.
     """
 
     def __init__(self, model: nn.Module, train_set: Dataset, cfg: TrainConfig, eval_set: Dataset | None = None,
                  env: torchrun.Runtime | None = None, on_step: Callable[["Trainer"], None] | None = None,
-                 collate_fn: Callable | None = None):
+                 collate_fn: Callable | None = None, model_config: dict | None = None, flags: dict | None = None):
         self.cfg = cfg
+        self.model_config = model_config
+        self.flags = dict(flags or {})
         self.env = env or torchrun.start()
         self.train_set, self.eval_set, self.on_step, self.collate_fn = train_set, eval_set, on_step, collate_fn
         self.model = model.to(self.env.device)
         self.net = DistributedDataParallel(self.model) if self.env.enabled else self.model
-        self.ema = TF1WarmupEma(self.model, decay=cfg.ema_decay) if cfg.ema_decay else None
-        self.sampler = ResumableBatchSampler(len(train_set), cfg.per_process_batch(self.env.world_size), cfg.seed,
-                                             self.env.rank, self.env.world_size)
+        self.ema = None if cfg.ema_decay is None else TF1WarmupEma(self.model, decay=cfg.ema_decay)
+        self.sampler = StepBatchSampler(len(train_set), cfg.per_process_batch(self.env.world_size), cfg.seed,
+                                        self.env.rank, self.env.world_size, getattr(collate_fn, "inputs_per_output", 1))
         self.optimizer = build_optimizer(self.model, cfg)
-        self.scheduler = build_scheduler(self.optimizer, cfg, self.sampler.batches_per_epoch())
-        self.amp_dtype = cfg.amp_dtype(self.env.device)
+        self.scheduler = build_scheduler(self.optimizer, cfg, total_steps(cfg.epochs, len(train_set), cfg.batch_size),
+                                         warmup_steps(cfg.warmup_epochs, len(train_set), cfg.batch_size))
+        self.precision = cfg.precision_on(self.env.device)
+        self.amp_dtype = autocast_dtype(self.precision)
         self.scaler = torch.amp.GradScaler(self.env.device.type, enabled=self.amp_dtype == torch.float16)
         self.criterion = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
         self.agc_params = agc_parameters(self.model)
         self.agc_clip = cfg.agc_threshold()
         self.out = Path(cfg.output_dir)
         self.log = MetricsLog(self.out / "metrics.jsonl", enabled=self.env.is_main)
+        self.plot = MetricsPlot(self.out / PLOT_NAME) if cfg.plot and self.env.is_main else None
         self.step = self.epoch = self.batch_in_epoch = 0
         self.diverged = False
         self._logged_at_checkpoint = 0
@@ -77,9 +106,19 @@ class Trainer:
             remove_stale_temporaries(self.out / CHECKPOINT_NAME)
         resume = self.out / CHECKPOINT_NAME if cfg.resume == "auto" else cfg.resume
         if resume is not None and (cfg.resume != "auto" or Path(resume).is_file()):
-            self.load_state_dict(load_checkpoint(resume))
+            self.load_state_dict(load_checkpoint(resume), source=str(resume))
+            self._say(f"resuming {self.out} at epoch {self.epoch + 1}, step {self.step}")
         # Records logged after the checkpoint (or by a run killed before its first) are logged again.
         self.log.keep_first(self._logged_at_checkpoint)
+        if self.env.is_main and model_config is not None:
+            write_model_config(model_config, self.out)
+        if self.plot is not None and self.plot.unavailable:
+            self._say(self.plot.unavailable)
+
+    def _say(self, line: str) -> None:
+        """Print ``line`` on the main process (what a run reports whatever ``progress`` says)."""
+        if self.env.is_main:
+            print(line, flush=True)
 
     # -- one step ---------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -94,7 +133,8 @@ class Trainer:
             # Gradients are all-reduced across ranks only on the last micro-batch.
             sync = nullcontext() if i == len(chunks) - 1 or not self.env.enabled else self.net.no_sync()
             with sync, torch.autocast(self.env.device.type, dtype=self.amp_dtype, enabled=self.amp_dtype is not None):
-                loss = self.criterion(self.net(xc), yc) * (len(xc) / len(x))
+                logits = cast_forward(self.net, xc) if self.precision == "deepmind-bf16" else self.net(xc)
+                loss = self.criterion(logits, yc) * (len(xc) / len(x))
             with sync:
                 self.scaler.scale(loss).backward()
             total += loss.detach().float()
@@ -119,8 +159,11 @@ class Trainer:
             self.model.train()
             bar = tqdm(self._loader(self.train_set, self.sampler, self.collate_fn), total=len(self.sampler), leave=False,
                        desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not (cfg.progress and self.env.is_main))
+            loss_sum, steps, started = torch.zeros((), device=self.env.device), 0, time.perf_counter()
             for x, y in bar:
                 loss = self.train_step(x, y)
+                loss_sum += loss
+                steps += 1
                 self.batch_in_epoch += 1
                 if self.step % cfg.log_every == 0 or self.batch_in_epoch == self.sampler.batches_per_epoch():
                     self._log_train(loss, bar)
@@ -130,15 +173,33 @@ class Trainer:
                     self.save()
                 if self.on_step is not None:
                     self.on_step(self)
+            seconds = time.perf_counter() - started
             if self.diverged:
                 self.save()
                 break
             self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+            evaluation = {}
             if self.eval_set is not None and cfg.eval_every and (self.epoch % cfg.eval_every == 0 or self.epoch == cfg.epochs):
-                last_eval = self.evaluate()
+                last_eval = evaluation = self.evaluate()
                 self.log.write({"step": self.step, "epoch": self.epoch, **last_eval})
+            self._summarize_epoch(loss_sum, steps, seconds, evaluation)
             self.save()
         return {**last_eval, "diverged": self.diverged}
+
+    def _summarize_epoch(self, loss_sum: torch.Tensor, steps: int, seconds: float, evaluation: dict) -> None:
+        """One line per epoch (epoch, mean training loss, validation top-1, lr, images/s) and the plot."""
+        if self.env.enabled:
+            dist.all_reduce(loss_sum)
+            loss_sum /= self.env.world_size
+        parts = [f"epoch {self.epoch}/{self.cfg.epochs}", f"train loss {loss_sum.item() / max(steps, 1):.4f}"]
+        if evaluation:
+            ema = f" (EMA {evaluation['ema_eval_top1']:.2f}%)" if "ema_eval_top1" in evaluation else ""
+            parts.append(f"val top-1 {evaluation['eval_top1']:.2f}%{ema}")
+        parts += [f"lr {self.optimizer.param_groups[0]['lr']:.4g}",
+                  f"{steps * self.cfg.batch_size / max(seconds, 1e-9):.0f} images/s"]
+        self._say(", ".join(parts))
+        if self.plot is not None:
+            self.plot.draw(read_metrics(self.log.path))
 
     def _log_train(self, loss: torch.Tensor, bar: tqdm) -> None:
         if self.env.enabled:
@@ -207,36 +268,67 @@ class Trainer:
             "world_size": self.env.world_size, "batch_size": self.cfg.batch_size,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "ema": None if self.ema is None else {"module": self.ema.module.state_dict(),
                                                    "rounding_rng": self.ema._sr_generator.get_state()},
             "rng": self._gathered_rng(),
             "config": asdict(self.cfg),
+            "flags": self.flags,
+            "model_config": self.model_config,
             "metrics_records": self.log.records,
         }
 
-    def load_state_dict(self, state: dict) -> None:
-        if state.get("format") != _FORMAT:
-            raise ValueError(f"not an nfzoo.train checkpoint (format {state.get('format')!r}, expected {_FORMAT!r})")
+    def load_state_dict(self, state: dict, source: str = "the checkpoint") -> None:
+        """Continue from ``state`` (:meth:`state_dict`'s), after checking that it is this run's:
+        the same model, process count and global batch, and no setting outside
+        :data:`RESUME_HONOURS` changed. The schedule follows the current ``epochs``."""
+        fresh = "start afresh with another --output-dir or --no-resume"
+        if not isinstance(state, dict) or state.get("format") != _FORMAT:
+            found = state.get("format") if isinstance(state, dict) else type(state).__name__
+            raise CheckpointError(f"{source} is not an nfzoo.train checkpoint (format {found!r}, expected "
+                                  f"{_FORMAT!r}); move it away, or {fresh}")
         layout = (state["world_size"], state["batch_size"])
         if layout != (self.env.world_size, self.cfg.batch_size):
-            raise ValueError(
-                f"the checkpoint was written by {layout[0]} process(es) with global batch {layout[1]}; resuming needs "
-                f"the same (got {self.env.world_size}, {self.cfg.batch_size}) for the data position to mean the same")
+            raise CheckpointError(
+                f"{source} was written by {layout[0]} process(es) with global batch {layout[1]}; resuming needs "
+                f"the same (got {self.env.world_size}, {self.cfg.batch_size}) for the data position to mean the same; "
+                f"resume with those, or {fresh}")
+        self._check_same_model(state, source, fresh)
+        changed = [f"--{name.replace('_', '-')} {_flag_text(old[name])} -> {_flag_text(new[name])}"
+                   for old, new in ((state["config"], asdict(self.cfg)), (state.get("flags", {}), self.flags))
+                   for name in old.keys() & new.keys() if name not in RESUME_HONOURS and old[name] != new[name]]
+        if changed:
+            raise CheckpointError(f"{source} was written with other settings ({', '.join(sorted(changed))}); rerun "
+                                  f"with the checkpoint's values to resume, or {fresh}")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         if self.ema is not None:
-            if state["ema"] is None:
-                raise ValueError("the checkpoint has no EMA weights but this run keeps an EMA (ema_decay)")
             self.ema.module.load_state_dict(state["ema"]["module"])
             self.ema._sr_generator.set_state(state["ema"]["rounding_rng"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.scheduler.step_update(self.step)  # the learning rate of the next step, on this run's schedule
         self.diverged = state["diverged"]
         self._logged_at_checkpoint = state["metrics_records"]
         set_rng_state(state["rng"][self.env.rank])
+
+    def _check_same_model(self, state: dict, source: str, fresh: str) -> None:
+        """Refuse the weights of another model (another architecture, class or channel count)."""
+        saved = read_model_config(state)
+        if saved is not None and self.model_config is not None:
+            differ = [f"{k} {saved[k]!r} -> {self.model_config[k]!r}" for k in _MODEL_IDENTITY
+                      if saved[k] != self.model_config[k]]
+            if differ:
+                raise CheckpointError(f"{source} holds another model ({'; '.join(differ)}); {fresh}")
+        ours = self.model.state_dict()
+        theirs = state["model"]
+        differ = sorted(ours.keys() ^ theirs.keys()) or [k for k in ours if ours[k].shape != theirs[k].shape]
+        if differ:
+            k = differ[0]
+            shapes = (f": {tuple(theirs[k].shape)} in the checkpoint, {tuple(ours[k].shape)} here"
+                      if k in ours and k in theirs else " is in only one of them")
+            raise CheckpointError(f"{source} holds another model's weights ({len(differ)} tensor(s) differ, e.g. "
+                                  f"{k}{shapes}); {fresh}")
 
     def save(self) -> None:
         """Write ``<output_dir>/last.pth`` atomically (every rank takes part; the main one writes)."""
@@ -245,3 +337,8 @@ class Trainer:
             save_checkpoint(state, self.out / CHECKPOINT_NAME)
         if self.env.enabled:
             dist.barrier()
+
+
+def _flag_text(value) -> str:
+    """A setting as it is written on the command line."""
+    return "none" if value is None else str(value)
