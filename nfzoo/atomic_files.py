@@ -27,8 +27,8 @@ from typing import IO, Iterator, Mapping
 
 from .errors import NfzooError
 
-__all__ = ["DiskFullError", "atomic_path", "atomic_open", "write_atomic", "write_files_atomic", "atomic_dir",
-           "remove_stale_temporaries"]
+__all__ = ["DiskFullError", "atomic_path", "atomic_open", "write_atomic", "append_atomic", "write_files_atomic",
+           "atomic_dir", "remove_stale_temporaries"]
 
 _SUFFIX = ".partial"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -179,6 +179,29 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> None:
     """Write ``data`` (bytes, or text as UTF-8) to ``path`` atomically."""
     with atomic_open(path, "wb") as f:
         f.write(data.encode() if isinstance(data, str) else data)
+
+
+def append_atomic(path: str | os.PathLike, data: bytes | str) -> None:
+    """Append ``data`` (bytes, or text as UTF-8) to ``path``, all of it or nothing: on any error
+    the file is cut back to its old length (a log that grows by appending, too long to rewrite)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = data.encode() if isinstance(data, str) else data
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o666)
+    try:
+        size = os.fstat(fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+        except BaseException as e:
+            os.ftruncate(fd, size)
+            code = _disk_full_errno(e)
+            if code is not None:
+                raise _disk_full(path, e, code) from e
+            raise
+    finally:
+        os.close(fd)
 
 
 def write_files_atomic(files: Mapping[str | os.PathLike, bytes | str]) -> None:
