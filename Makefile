@@ -26,11 +26,14 @@ demo: setup
 test: setup
 	$(VENV)/bin/python -m pytest -q
 
+# The speed comparison with timm (docs/speed.md, "Benchmark"); BENCH_ARGS: its flags.
+BENCH_ARGS ?=
 bench: setup
-	$(VENV)/bin/python eval/bench.py
+	$(VENV)/bin/python -m benchmarks.bench $(BENCH_ARGS)
 
-# The GPU check (docs/speed.md, "GPU check"): runs with the machine's own python3 and torch, no .venv.
+# The GPU check (docs/speed.md, "GPU check"): runs with the machine's own python3 and torch, no .venv;
+# on a machine without a GPU, a CPU dry run.
 OUT ?= gpu-check-out
 GPU_CHECK_ARGS ?=
 gpu-check:
-	PYTHONPATH=$${PYTHONPATH:+$$PYTHONPATH:}. $(PYTHON) eval/gpu_check.py --out $(OUT) $(GPU_CHECK_ARGS)
+	PYTHONPATH=$${PYTHONPATH:+$$PYTHONPATH:}. $(PYTHON) -m benchmarks.gpu_check --out $(OUT) $(GPU_CHECK_ARGS)

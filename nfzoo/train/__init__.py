@@ -1,6 +1,6 @@
 """Training with the NFNet recipe (SGD Nesterov, AGC, warmup + cosine, label smoothing, EMA),
-resumable checkpoints, ``torchrun`` data parallelism, and the small-scale reproduction of the
-papers' claims (:mod:`nfzoo.train.reproduce`)."""
+resumable checkpoints and ``torchrun`` data parallelism. The small-scale reproduction of the
+papers' claims built on it lives beside the package (``python -m reproduction``)."""
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import TrainConfig
 from .data import ResumableBatchSampler, fashion_mnist

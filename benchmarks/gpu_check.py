@@ -9,50 +9,75 @@ keeps what it finished. The sections run cheapest and most important first; ``to
 last, and only while the time budget allows.
 
 On a CPU the same code runs in float32 without channels_last (the dry run of the tests).
-Timing, ratios, peak memory and the peak table are :mod:`nfzoo.benchmark`'s.
 """
 from __future__ import annotations
 
 import argparse
 import datetime
 import json
+import operator
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import timm
 import torch
 import torch.nn as nn
+from timm.utils.agc import adaptive_clip_grad
 
 import nfzoo
+from nfzoo.atomic_files import write_files_atomic
+from nfzoo.cli import (ArgumentParser, device, non_negative_float, non_negative_int, output_dir, positive_float,
+                       positive_int, run_cli)
+from nfzoo.evaluation import validate_cli
+from nfzoo.evaluation.synthetic import make_image_folder
+from nfzoo.machine import device_name
+from nfzoo.optim import adaptive_grad_clip_
 
-from .benchmark import (BenchConfig, _autocast, _bench_agc, _forward_flops, _inputs, _train_step_fn,
-                        build_models, device_peak_tflops, peak_step_memory, speedups, time_rounds)
-from .atomic_files import atomic_path
-from .machine import device_name
+from .measure import (ClipFn, Sizes, agc_times, build_models, dense_bf16_peak, forward_flops, fused, inference_call,
+                      peak_step_memory, speedups, time_rounds, train_step, with_flags)
 
-__all__ = ["CheckConfig", "TARGETS", "target_verdicts", "format_markdown", "run", "main"]
+__all__ = ["PROG", "Target", "TARGETS", "CheckConfig", "target_verdicts", "format_markdown", "parse_args", "run",
+           "main"]
 
-# (name, section, model, metric, comparison, threshold); ratios are "> 1: nfzoo better".
-TARGETS = [
-    ("F0 fused inference vs timm (x)", "f0_inference", "nfzoo fused", "ratio_vs_timm", ">=", 1.5),
-    ("F0 fused inference, % of dense bf16 peak", "f0_inference", "nfzoo fused", "pct_peak", ">=", 35.0),
-    ("F0 train step vs timm (x)", "f0_train", "nfzoo", "ratio_vs_timm", ">=", 1.1),
-    ("F0 train step peak memory / timm's", "f0_train", "nfzoo", "peak_vs_timm", "<=", 1.0),
-    ("AGC over F0's params vs timm (x)", "agc", None, "ratio", ">=", 3.0),
-]
+PROG = "python -m benchmarks.gpu_check"
 TIMM = "timm"
 
 
-@dataclass
+class Target(NamedTuple):
+    """A goal for one measured value: ``sections[section]["models"][model][metric]`` (or
+    ``sections[section][metric]`` where ``model`` is None) ``op`` ``threshold``. Ratios are
+    "> 1: nfzoo better"."""
+
+    name: str
+    section: str
+    model: str | None
+    metric: str
+    op: str  # ">=" or "<="
+    threshold: float
+
+
+TARGETS = (
+    Target("F0 fused inference vs timm (x)", "f0_inference", "nfzoo fused", "ratio_vs_timm", ">=", 1.5),
+    Target("F0 fused inference, % of dense bf16 peak", "f0_inference", "nfzoo fused", "pct_peak", ">=", 35.0),
+    Target("F0 train step vs timm (x)", "f0_train", "nfzoo", "ratio_vs_timm", ">=", 1.1),
+    Target("F0 train step peak memory / timm's", "f0_train", "nfzoo", "peak_vs_timm", "<=", 1.0),
+    Target("AGC over F0's params vs timm (x)", "agc", None, "ratio", ">=", 3.0),
+)
+_COMPARE = {">=": operator.ge, "<=": operator.le}
+
+
+@dataclass(frozen=True)
 class CheckConfig:
+    """The check's sizes (the GPU defaults), what it runs, and its time budget."""
+
     device: str = "cuda"
     variant: str = "f0"
     img_size: int = 256
@@ -73,20 +98,23 @@ class CheckConfig:
     def gpu(self) -> bool:
         return self.device.startswith("cuda")
 
-    def bench(self, **overrides: Any) -> BenchConfig:
-        return BenchConfig(variant=self.variant, img_size=self.img_size, infer_batch=self.infer_batch,
-                           train_batch=self.train_batch, iters=self.iters, warmup=self.warmup,
-                           device=self.device, **overrides)
+    def sizes(self) -> Sizes:
+        """The sizes of the F0 comparisons."""
+        return Sizes(variant=self.variant, img_size=self.img_size, infer_batch=self.infer_batch,
+                     train_batch=self.train_batch, iters=self.iters, warmup=self.warmup, device=self.device)
+
+
+QUICK = {"iters": 5, "warmup": 2, "harness_images": 1024, "compile": False}  # --quick: about 2 min
 
 
 class Check:
     """The results so far, written out after every section."""
 
     def __init__(self, cfg: CheckConfig, out: Path):
-        self.cfg, self.out, self.start = cfg, Path(out), time.perf_counter()
+        self.cfg, self.out, self.start = cfg, out, time.perf_counter()
         name = device_name(torch.device(cfg.device))
         self.results: dict[str, Any] = {
-            "device": name, "dense_bf16_peak_tflops": device_peak_tflops(name) if cfg.gpu else None,
+            "device": name, "dense_bf16_peak_tflops": dense_bf16_peak(name) if cfg.gpu else None,
             "precision": "bf16 autocast, channels_last" if cfg.gpu else "float32",
             "date": datetime.date.today().isoformat(), "torch": torch.__version__, "timm": timm.__version__,
             "nfzoo": nfzoo.__version__, "python": platform.python_version(), "settings": asdict(cfg),
@@ -96,7 +124,7 @@ class Check:
     def elapsed(self) -> float:
         return time.perf_counter() - self.start
 
-    def section(self, name: str, fn: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    def section(self, name: str, fn: Callable[[], dict[str, Any]]) -> None:
         """Run one section, record its results (or its error) and its time, write both files."""
         print(f"[{self.elapsed():6.0f} s] {name} ...", flush=True)
         t0 = time.perf_counter()
@@ -111,67 +139,49 @@ class Check:
         print(f"[{self.elapsed():6.0f} s] {name} done in {time.perf_counter() - t0:.0f} s: "
               f"{json.dumps(res, default=str)[:400]}", flush=True)
         self.write()
-        return res
+
+    def skip(self, name: str, why: str) -> None:
+        self.results["sections"][name] = {"skipped": why}
 
     def write(self) -> None:
         self.results["targets"] = target_verdicts(self.results["sections"])
         self.results["elapsed_s"] = round(self.elapsed(), 1)
-        with atomic_path(self.out / "gpu_check.json") as tmp:
-            tmp.write_text(json.dumps(self.results, indent=1, default=str) + "\n")
-        with atomic_path(self.out / "gpu_check.md") as tmp:
-            tmp.write_text(format_markdown(self.results))
+        write_files_atomic({self.out / "gpu_check.json": json.dumps(self.results, indent=1, default=str) + "\n",
+                            self.out / "gpu_check.md": format_markdown(self.results)})
 
 
 def target_verdicts(sections: dict[str, Any]) -> list[dict[str, Any]]:
     """Every target with its measured value and ``met`` (True/False; None while unmeasured)."""
     out = []
-    for name, section, model, metric, op, threshold in TARGETS:
-        res = sections.get(section) or {}
-        value = (res.get("models", {}).get(model, {}) if model else res).get(metric)
-        met = None if value is None else (value >= threshold if op == ">=" else value <= threshold)
-        out.append({"target": name, "value": value, "op": op, "threshold": threshold, "met": met})
+    for t in TARGETS:
+        res = sections.get(t.section) or {}
+        value = (res.get("models", {}).get(t.model, {}) if t.model else res).get(t.metric)
+        met = None if value is None else _COMPARE[t.op](value, t.threshold)
+        out.append({"target": t.name, "value": value, "op": t.op, "threshold": t.threshold, "met": met})
     return out
 
 
-def _timed_models(fns: dict[str, Callable[[], object]], cfg: BenchConfig, images: int) -> dict[str, dict[str, float]]:
+def _timed_models(fns: dict[str, Callable[[], object]], sizes: Sizes, images: int) -> dict[str, dict[str, float]]:
     """Per model: median ms per call, images/s and the median per-round ratio to timm's time."""
-    times = time_rounds(fns, cfg)
+    times = time_rounds(fns, sizes)
     ratios = speedups(times, TIMM)
     return {label: {"ms": 1e3 * statistics.median(ts), "img_s": images / statistics.median(ts),
                     "ratio_vs_timm": ratios[label]} for label, ts in times.items()}
 
 
-def _inference_fn(model: nn.Module, x: torch.Tensor, cfg: BenchConfig) -> Callable[[], object]:
-    def call():
-        with torch.inference_mode(), _autocast(cfg):
-            return model(x)
-    return call
-
-
-def _to_device(model: nn.Module, cfg: CheckConfig) -> nn.Module:
-    return model.to(cfg.device, memory_format=torch.channels_last if cfg.gpu else torch.contiguous_format)
-
-
-def _fused(model: nn.Module, img_size: int, cfg: CheckConfig) -> nn.Module:
-    """``nfzoo.fuse`` for inputs of ``img_size``, in the memory format the inputs have."""
-    return _to_device(nfzoo.fuse(model.eval(), input_size=(3, img_size, img_size)), cfg)
-
-
 def build_f0(cfg: CheckConfig) -> dict[str, nn.Module]:
-    """timm's ``dm_nfnet_<variant>``, nfzoo's with the same weights (skip gains 1; see
-    :func:`nfzoo.benchmark.build_models`) and the latter fused."""
-    models = build_models(cfg.bench())
-    timm_model = models.pop(next(iter(models)))
-    zoo = models.pop(next(iter(models)))
-    models.clear()
-    return {TIMM: timm_model, "nfzoo fused": _fused(zoo, cfg.img_size, cfg), "nfzoo unfused": zoo}
+    """timm's ``dm_nfnet_<variant>``, nfzoo's (timm numerics) with the same weights, skip gains 1
+    (:func:`benchmarks.measure.build_models`), and the latter fused."""
+    sizes = cfg.sizes()
+    ref, zoo = build_models(sizes, numerics=("timm",))
+    return {TIMM: ref, "nfzoo fused": fused(zoo["timm"], sizes), "nfzoo unfused": zoo["timm"]}
 
 
-def f0_inference(models: dict[str, nn.Module], cfg: CheckConfig, peak: float | None,
-                 flops: float, compiled: bool = False) -> dict[str, Any]:
-    bench = cfg.bench()
-    x = _inputs(cfg.infer_batch, bench)
-    fns = {label: _inference_fn(m.eval(), x, bench) for label, m in models.items()}
+def f0_inference(models: dict[str, nn.Module], cfg: CheckConfig, peak: float | None, flops: float,
+                 compiled: bool = False) -> dict[str, Any]:
+    sizes = cfg.sizes()
+    x = sizes.inputs(cfg.infer_batch)
+    fns = {label: inference_call(m, x, sizes) for label, m in models.items()}
     res: dict[str, Any] = {"batch": cfg.infer_batch, "img_size": cfg.img_size, "gflops_per_image": flops / 1e9}
     if compiled:
         res["compile_s"] = {}
@@ -180,7 +190,7 @@ def f0_inference(models: dict[str, nn.Module], cfg: CheckConfig, peak: float | N
             fn()
             res["compile_s"][label] = round(time.perf_counter() - t0, 1)
             print(f"  compiled {label} in {res['compile_s'][label]:.0f} s", flush=True)
-    res["models"] = _timed_models(fns, bench, cfg.infer_batch)
+    res["models"] = _timed_models(fns, sizes, cfg.infer_batch)
     for r in res["models"].values():
         r["tflops"] = flops * r["img_s"] / 1e12
         if peak:
@@ -188,26 +198,26 @@ def f0_inference(models: dict[str, nn.Module], cfg: CheckConfig, peak: float | N
     return res
 
 
-def _train_section(models: dict[str, nn.Module], zoo_agc: set[str], cfg: CheckConfig) -> dict[str, Any]:
-    """Train steps (SGD + AGC; nfzoo's AGC for the labels in ``zoo_agc``, timm's otherwise)."""
-    bench = cfg.bench()
-    steps = {label: _train_step_fn(m.train(), label in zoo_agc, bench) for label, m in models.items()}
-    res = _timed_models(steps, bench, cfg.train_batch)
+def _train_section(models: dict[str, nn.Module], clips: dict[str, ClipFn], sizes: Sizes) -> dict[str, Any]:
+    """Train steps, each model clipping with its ``clips`` function."""
+    steps = {label: train_step(m, clips[label], sizes) for label, m in models.items()}
+    res = _timed_models(steps, sizes, sizes.train_batch)
     for label, step in steps.items():
-        res[label]["peak_mib"] = peak_step_memory(step, bench) / 2**20
+        res[label]["peak_mib"] = peak_step_memory(step, sizes) / 2**20
         models[label].zero_grad(set_to_none=True)
     for r in res.values():
         r["peak_vs_timm"] = r["peak_mib"] / res[TIMM]["peak_mib"]
-    return {"batch": cfg.train_batch, "img_size": cfg.img_size, "models": res}
+    return {"batch": sizes.train_batch, "img_size": sizes.img_size, "models": res}
 
 
 def f0_train(models: dict[str, nn.Module], cfg: CheckConfig) -> dict[str, Any]:
-    return _train_section({TIMM: models[TIMM], "nfzoo": models["nfzoo unfused"]}, {"nfzoo"}, cfg)
+    return _train_section({TIMM: models[TIMM], "nfzoo": models["nfzoo unfused"]},
+                          {TIMM: adaptive_clip_grad, "nfzoo": adaptive_grad_clip_}, cfg.sizes())
 
 
 def agc(models: dict[str, nn.Module], cfg: CheckConfig) -> dict[str, Any]:
-    r = _bench_agc(models[TIMM], cfg.bench())
-    return {"timm_ms": r["agc_timm_ms"], "nfzoo_ms": r["agc_nfzoo_ms"], "ratio": r["agc_speedup"]}
+    r = agc_times(models[TIMM], cfg.sizes())
+    return {"timm_ms": r.timm_ms, "nfzoo_ms": r.nfzoo_ms, "ratio": r.speedup}
 
 
 def _top_ops(prof: torch.profiler.profile, gpu: bool, n: int = 15) -> list[dict[str, Any]]:
@@ -224,14 +234,14 @@ def _top_ops(prof: torch.profiler.profile, gpu: bool, n: int = 15) -> list[dict[
 def profile(models: dict[str, nn.Module], cfg: CheckConfig) -> dict[str, Any]:
     """The torch profiler's top ops (self time on the device) of three inference calls and
     three training steps (at most ``iters``), nfzoo's and timm's: what dominates where a target is missed."""
-    bench = cfg.bench()
-    x = _inputs(cfg.infer_batch, bench)
+    sizes = cfg.sizes()
+    x = sizes.inputs(cfg.infer_batch)
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cfg.gpu else [])
     fns = {
-        "inference nfzoo fused": _inference_fn(models["nfzoo fused"].eval(), x, bench),
-        "inference timm": _inference_fn(models[TIMM].eval(), x, bench),
-        "train nfzoo": _train_step_fn(models["nfzoo unfused"].train(), True, bench),
-        "train timm": _train_step_fn(models[TIMM].train(), False, bench),
+        "inference nfzoo fused": inference_call(models["nfzoo fused"], x, sizes),
+        "inference timm": inference_call(models[TIMM], x, sizes),
+        "train nfzoo": train_step(models["nfzoo unfused"], adaptive_grad_clip_, sizes),
+        "train timm": train_step(models[TIMM], adaptive_clip_grad, sizes),
     }
     out = {}
     for label, fn in fns.items():
@@ -250,19 +260,18 @@ def profile(models: dict[str, nn.Module], cfg: CheckConfig) -> dict[str, Any]:
 def resnets(cfg: CheckConfig) -> dict[str, Any]:
     """GN+WS and BCN+WS ResNet-50 (plain and fused) against timm's BN ``resnet50``: inference,
     and a train step (SGD + timm's AGC for all three, so the ratio is the model's alone)."""
-    rcfg = replace(cfg, img_size=cfg.resnet_img_size)
+    sizes = replace(cfg.sizes(), img_size=cfg.resnet_img_size)
     torch.manual_seed(0)
     base = {TIMM: "resnet50", "nfzoo resnet50_gn_ws": "resnet50_gn_ws", "nfzoo resnet50_bcn_ws": "resnet50_bcn_ws"}
-    models = {label: _to_device(timm.create_model(name), cfg) for label, name in base.items()}
+    models = {label: sizes.place(timm.create_model(name)) for label, name in base.items()}
     infer = dict(models)
     for label in list(base)[1:]:
-        infer[f"{label} fused"] = _fused(models[label], rcfg.img_size, cfg)
-    bench = rcfg.bench()
-    x = _inputs(cfg.infer_batch, bench)
-    inference = _timed_models({label: _inference_fn(m.eval(), x, bench) for label, m in infer.items()},
-                              bench, cfg.infer_batch)
-    train = _train_section(models, set(), rcfg)
-    return {"img_size": rcfg.img_size, "inference_batch": cfg.infer_batch, "inference": inference, "train": train}
+        infer[f"{label} fused"] = fused(models[label], sizes)
+    x = sizes.inputs(cfg.infer_batch)
+    inference = _timed_models({label: inference_call(m, x, sizes) for label, m in infer.items()},
+                              sizes, cfg.infer_batch)
+    train = _train_section(models, dict.fromkeys(models, adaptive_clip_grad), sizes)
+    return {"img_size": sizes.img_size, "inference_batch": cfg.infer_batch, "inference": inference, "train": train}
 
 
 def _timm_loop(root: Path, cfg: CheckConfig, batch: int) -> float:
@@ -271,7 +280,8 @@ def _timm_loop(root: Path, cfg: CheckConfig, batch: int) -> float:
     after the first batch as the harness times it."""
     from timm.data import ImageDataset, create_loader, resolve_data_config
 
-    model = _to_device(timm.create_model(f"dm_nfnet_{cfg.variant}"), cfg).eval()
+    sizes = cfg.sizes()
+    model = sizes.place(timm.create_model(f"dm_nfnet_{cfg.variant}")).eval()
     data = resolve_data_config({"img_size": cfg.img_size}, model=model, use_test_size=True)
     loader = create_loader(
         ImageDataset(str(root)), input_size=data["input_size"], batch_size=batch, use_prefetcher=cfg.gpu,
@@ -280,9 +290,8 @@ def _timm_loop(root: Path, cfg: CheckConfig, batch: int) -> float:
         device=torch.device(cfg.device), persistent_workers=False)
     images, start = 0, time.perf_counter()
     with torch.inference_mode(), torch.autocast(torch.device(cfg.device).type, dtype=torch.bfloat16):
-        for step, (x, y) in enumerate(loader):
-            x = x.to(cfg.device, memory_format=torch.channels_last if cfg.gpu else torch.contiguous_format)
-            model(x).float().topk(5, dim=1)
+        for step, (x, _) in enumerate(loader):
+            model(x.to(cfg.device, memory_format=sizes.memory_format)).float().topk(5, dim=1)
             if step == 0:
                 if cfg.gpu:
                     torch.cuda.synchronize()
@@ -298,9 +307,6 @@ def _timm_loop(root: Path, cfg: CheckConfig, batch: int) -> float:
 def harness(cfg: CheckConfig) -> dict[str, Any]:
     """``nfzoo-validate --amp bf16 --channels-last`` on generated images against the same images
     through timm's own loop (:func:`_timm_loop`)."""
-    from .evaluation import validate_cli
-    from .evaluation.synthetic import make_image_folder
-
     batch = min(cfg.infer_batch, cfg.harness_images)
     with tempfile.TemporaryDirectory(prefix="nfzoo-gpu-check-") as tmp:
         root = make_image_folder(Path(tmp) / "images", cfg.harness_images)
@@ -332,7 +338,7 @@ def run(cfg: CheckConfig, out: Path) -> dict[str, Any]:
         f0.update(build_f0(cfg))
         return {"models": list(f0)}
     check.section("build_f0", build)
-    flops = _forward_flops(f0[TIMM], cfg.bench())
+    flops = forward_flops(f0[TIMM], cfg.sizes())
     check.section("f0_inference", lambda: f0_inference(f0, cfg, peak, flops))
     check.section("f0_train", lambda: f0_train(f0, cfg))
     check.section("agc", lambda: agc(f0, cfg))
@@ -342,10 +348,10 @@ def run(cfg: CheckConfig, out: Path) -> dict[str, Any]:
     check.section("harness", lambda: harness(cfg))
     left = cfg.budget_s - check.elapsed()
     if not cfg.compile:
-        check.results["sections"]["f0_inference_compiled"] = {"skipped": "--no-compile"}
+        check.skip("f0_inference_compiled", "--no-compile")
     elif left < cfg.compile_reserve_s:
-        check.results["sections"]["f0_inference_compiled"] = {
-            "skipped": f"{left:.0f} s of the {cfg.budget_s:.0f} s budget left, under the {cfg.compile_reserve_s:.0f} s reserved"}
+        check.skip("f0_inference_compiled", f"{left:.0f} s of the {cfg.budget_s:.0f} s budget left, "
+                                            f"under the {cfg.compile_reserve_s:.0f} s reserved")
     else:  # fused nfzoo and timm only: the unfused model is the training path
         compiled = {label: torch.compile(f0[label], backend=cfg.compile_backend) for label in (TIMM, "nfzoo fused")}
         check.section("f0_inference_compiled", lambda: f0_inference(compiled, cfg, peak, flops, compiled=True))
@@ -401,30 +407,53 @@ def format_markdown(results: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def parse_args(argv: list[str] | None = None) -> tuple[CheckConfig, Path]:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, required=True, help="folder for gpu_check.json and gpu_check.md")
-    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+def _parser() -> ArgumentParser:
+    d = CheckConfig()
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0], argument_default=argparse.SUPPRESS)
+    p.add_argument("--out", type=output_dir, required=True, help="folder for gpu_check.json and gpu_check.md")
+    p.add_argument("--device", type=device, help="cuda, cuda:N or cpu (default: cuda when torch sees a GPU, "
+                                                 "else a CPU dry run)")
     p.add_argument("--quick", action="store_true", help="fewer rounds and images, no compile (about 2 min)")
-    p.add_argument("--no-compile", action="store_true")
-    p.add_argument("--no-profile", action="store_true")
-    for field in ("img_size", "infer_batch", "train_batch", "resnet_img_size", "iters", "warmup",
-                  "harness_images", "harness_workers"):
-        p.add_argument(f"--{field.replace('_', '-')}", type=int)
-    p.add_argument("--compile-backend", help="torch.compile backend (default inductor)")
-    p.add_argument("--budget-s", type=float, help="seconds the whole run should take (default 330)")
-    p.add_argument("--compile-reserve-s", type=float, help="compile only if this much budget is left (default 150)")
-    args = p.parse_args(argv)
-    cfg = CheckConfig(device=args.device, harness_workers=min(8, os.cpu_count() or 1))
-    if args.quick:
-        cfg = replace(cfg, iters=5, warmup=2, harness_images=1024, compile=False)
-    overrides = {k: v for k, v in vars(args).items() if k in CheckConfig.__dataclass_fields__ and v is not None}
-    cfg = replace(cfg, **overrides, compile=cfg.compile and not args.no_compile, profile=not args.no_profile)
+    p.add_argument("--no-compile", dest="compile", action="store_false", help="skip the torch.compile section")
+    p.add_argument("--no-profile", dest="profile", action="store_false", help="skip the profile section")
+    for name, kind, what in (("img_size", positive_int, "F0 image side, px"),
+                             ("infer_batch", positive_int, "inference batch"),
+                             ("train_batch", positive_int, "training batch"),
+                             ("resnet_img_size", positive_int, "ResNet-50 image side, px"),
+                             ("iters", positive_int, "timed rounds"),
+                             ("warmup", non_negative_int, "untimed rounds first"),
+                             ("harness_images", positive_int, "generated images the harness validates"),
+                             ("harness_workers", non_negative_int, "the harness's loader workers (default: "
+                                                                   "up to 8, one per CPU)")):
+        default = "" if name == "harness_workers" else f" (default {getattr(d, name)})"
+        p.add_argument(f"--{name.replace('_', '-')}", type=kind, help=what + default)
+    p.add_argument("--compile-backend", choices=torch.compiler.list_backends(exclude_tags=()),
+                   help=f"torch.compile backend (default {d.compile_backend})", metavar="BACKEND")
+    p.add_argument("--budget-s", type=positive_float, help=f"seconds the whole run should take (default {d.budget_s:g})")
+    p.add_argument("--compile-reserve-s", type=non_negative_float,
+                   help=f"compile only if this much of the budget is left (default {d.compile_reserve_s:g})")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> tuple[CheckConfig, Path]:
+    args = _parser().parse_args(argv)
+    cfg = CheckConfig(device="cuda" if torch.cuda.is_available() else "cpu",
+                      harness_workers=min(8, os.cpu_count() or 1))
+    if getattr(args, "quick", False):
+        cfg = replace(cfg, **QUICK)
+    return with_flags(cfg, args), args.out
+
+
+def _main(argv: Sequence[str] | None) -> None:
+    cfg, out = parse_args(argv)
     if not cfg.gpu:
         print("no CUDA device: a CPU dry run (float32, no channels_last)", file=sys.stderr, flush=True)
-    return cfg, args.out
+    run(cfg, out)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
-    cfg, out = parse_args(argv)
-    return run(cfg, out)
+def main(argv: Sequence[str] | None = None) -> int:
+    return run_cli(_main, argv, prog=PROG)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

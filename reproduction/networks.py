@@ -7,10 +7,8 @@ from functools import partial
 import torch
 import torch.nn as nn
 
-from ...layers.activations import GammaAct
-from ...layers.norm_choices import get_norm
-from ...layers.std_conv import ScaledStdConv2d
-from ...models.nfnet import NFBlock, NFNetCfg, expected_std_betas
+from nfzoo.layers import GammaAct, ScaledStdConv2d, get_norm
+from nfzoo.models.nfnet import NFBlock, NFNetCfg, expected_std_betas
 
 __all__ = ["MicroBatchNorm", "SmallResNet", "SmallNFResNet", "BATCH_DEPENDENT"]
 

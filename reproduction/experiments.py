@@ -13,12 +13,10 @@ import torch
 import torch.nn as nn
 from torch.utils.data import TensorDataset
 
-from ... import torchrun
-from ...atomic_files import atomic_open
-from ..config import TrainConfig
-from ..data import fashion_mnist
-from ..metrics_log import read_metrics
-from ..trainer import Trainer
+from nfzoo import torchrun
+from nfzoo.atomic_files import atomic_open
+from nfzoo.train import TrainConfig, Trainer, fashion_mnist, read_metrics
+
 from .networks import BATCH_DEPENDENT, SmallNFResNet, SmallResNet
 
 __all__ = ["Setup", "NORMS", "GROUPED", "EVERY_BATCH", "build_network", "run_norm", "run_agc", "load_data",
@@ -33,8 +31,8 @@ EVERY_BATCH = "all"  # the micro_batch of a batch-independent norm's runs: one r
 
 @dataclass
 class Setup:
-    """The study's sizes: chosen so that it runs in about 150 minutes on 2 CPU cores
-    (docs/reproduction.md explains each choice)."""
+    """The study's sizes, chosen to fit its time budget on 2 CPU cores (docs/reproduction.md
+    explains the budget and each choice)."""
 
     train_images: int = 60_000
     test_images: int = 10_000

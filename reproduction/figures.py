@@ -6,7 +6,8 @@ import statistics
 from collections import defaultdict
 from pathlib import Path
 
-from ...atomic_files import atomic_open
+from nfzoo.atomic_files import atomic_open
+
 from .experiments import EVERY_BATCH
 
 __all__ = ["norm_table", "agc_table", "plot_norms", "plot_agc", "mean_std"]

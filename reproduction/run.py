@@ -1,4 +1,4 @@
-"""``python -m nfzoo.train.reproduce``: the papers' central claims on Fashion-MNIST.
+"""``python -m reproduction``: the papers' central claims on Fashion-MNIST (docs/reproduction.md).
 
 1. Group Normalization (Wu & He 2018), Weight Standardization / BCN (Qiao et al. 2019), Batch
    Renormalization (Ioffe 2017): test error of a small ResNet with each ``norm`` when its
@@ -23,34 +23,43 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, replace
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, Sequence
 
 import torch
 
-from ...atomic_files import write_atomic
-from ...machine import device_name
-from .experiments import (
-    NORMS, ResultsFile, Setup, agc_tasks, load_data, norm_tasks, remove_run, run_agc, run_norm,
-)
+from nfzoo.atomic_files import write_atomic
+from nfzoo.cli import ArgumentParser, device, existing_dir, non_negative_int, output_dir, positive_int, run_cli
+from nfzoo.errors import NfzooError
+from nfzoo.machine import device_name
+
+from .experiments import NORMS, ResultsFile, Setup, agc_tasks, load_data, norm_tasks, remove_run, run_agc, run_norm
 from .figures import agc_table, norm_table, plot_agc, plot_norms
 
-__all__ = ["main", "Setup"]
+__all__ = ["PROG", "StudyDataError", "main"]
+
+PROG = "python -m reproduction"
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m nfzoo.train.reproduce", description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, default=Path("docs/reproduction"), help="results folder")
-    p.add_argument("--work", type=Path, default=Path("runs/reproduce"), help="checkpoints of unfinished runs")
-    p.add_argument("--data-dir", default=None, help="Fashion-MNIST folder (default: the Debian package's)")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+class StudyDataError(NfzooError):
+    """Fashion-MNIST is missing from the data folder, or its files are not what they should be."""
+
+
+def _parser() -> ArgumentParser:
+    p = ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=output_dir, default=Path("docs/reproduction"), help="results folder")
+    p.add_argument("--work", type=output_dir, default=Path("runs/reproduce"), help="checkpoints of unfinished runs")
+    p.add_argument("--data-dir", type=existing_dir, default=None,
+                   help="Fashion-MNIST folder (default: $NFZOO_FASHION_MNIST, else the Debian package's)")
+    p.add_argument("--device", type=device, default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     p.add_argument("--norms", nargs="+", default=list(NORMS), choices=NORMS)
-    p.add_argument("--seeds", type=int, nargs="+", default=list(Setup.seeds))
-    p.add_argument("--epochs", type=int, default=Setup.epochs)
-    p.add_argument("--train-images", type=int, default=Setup.train_images, help="a smaller set for a smoke test")
-    p.add_argument("--test-images", type=int, default=Setup.test_images)
+    p.add_argument("--seeds", type=non_negative_int, nargs="+", default=list(Setup.seeds))
+    p.add_argument("--epochs", type=positive_int, default=Setup.epochs)
+    p.add_argument("--train-images", type=positive_int, default=Setup.train_images,
+                   help="a smaller set for a smoke test (at least the study's largest batch)")
+    p.add_argument("--test-images", type=positive_int, default=Setup.test_images)
     p.add_argument("--only", choices=("norms", "agc"), default=None, help="run one experiment")
-    p.add_argument("--jobs", type=int, default=2, help="runs in parallel (worker processes; 1: in this process)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per worker")
+    p.add_argument("--jobs", type=positive_int, default=2, help="runs in parallel (worker processes; 1: in this process)")
+    p.add_argument("--threads", type=positive_int, default=1, help="torch threads per worker")
     return p
 
 
@@ -89,21 +98,20 @@ def _write_report(out: Path, setup: Setup, csvs: dict[str, ResultsFile]) -> None
         plot_agc(csvs["agc"].rows, out / "agc.png")
 
 
-def main(argv: list[str] | None = None, sizes: Setup | None = None) -> None:
-    """Run the study (``sizes``: the :class:`Setup` the command-line flags amend; default ``Setup()``)."""
-    args = _parser().parse_args(argv)
-    if args.jobs < 1:
-        raise SystemExit(f"--jobs must be at least 1, got {args.jobs}")
+def _study(argv: Sequence[str] | None, sizes: Setup | None) -> None:
+    parser = _parser()
+    args = parser.parse_args(argv)
     setup = replace(sizes or Setup(), train_images=args.train_images, test_images=args.test_images, epochs=args.epochs,
                     norms=tuple(args.norms), seeds=tuple(args.seeds))
     largest = max(setup.batch, *setup.agc_batches)
     if setup.train_images < largest:
-        raise SystemExit(f"--train-images {setup.train_images} is less than one batch of the study ({largest} images)")
-    args.out.mkdir(parents=True, exist_ok=True)
+        parser.error(f"argument --train-images: {setup.train_images} is less than one batch of the study "
+                     f"({largest} images)")
     try:  # fail early, with the install hint, when Fashion-MNIST is missing
         load_data(setup, args.data_dir)
-    except FileNotFoundError as e:
-        raise SystemExit(str(e)) from None
+    except (FileNotFoundError, ValueError) as e:
+        raise StudyDataError(str(e)) from None
+    args.out.mkdir(parents=True, exist_ok=True)
     csvs = {"norms": ResultsFile(args.out / "norms.csv"), "agc": ResultsFile(args.out / "agc.csv")}
     tasks = [(kind, t) for kind, make in (("norms", norm_tasks), ("agc", agc_tasks)) if args.only in (None, kind)
              for t in make(setup) if not csvs[kind].done(**t)]
@@ -116,7 +124,7 @@ def main(argv: list[str] | None = None, sizes: Setup | None = None) -> None:
     _write_report(args.out, setup, csvs)
     rows = csvs["norms"].rows + csvs["agc"].rows
     meta = {
-        "command": shlex.join(["python", "-m", "nfzoo.train.reproduce", *(sys.argv[1:] if argv is None else argv)]),
+        "command": shlex.join(["python", "-m", "reproduction", *(sys.argv[1:] if argv is None else argv)]),
         "device": device_name(torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))),
         "workers": f"{args.jobs} process(es) x {args.threads} torch thread(s)",
         "torch": torch.__version__,
@@ -128,3 +136,9 @@ def main(argv: list[str] | None = None, sizes: Setup | None = None) -> None:
         "setup": asdict(setup),
     }
     write_atomic(args.out / "meta.json", json.dumps(meta, indent=1) + "\n")
+
+
+def main(argv: Sequence[str] | None = None, sizes: Setup | None = None) -> int:
+    """Run the study; returns the exit code (``sizes``: the :class:`Setup` the command-line flags
+    amend; default ``Setup()``)."""
+    return run_cli(lambda args: _study(args, sizes), argv, prog=PROG)
