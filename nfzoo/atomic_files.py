@@ -23,24 +23,28 @@ import shutil
 import socket
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Mapping
+from typing import IO, Iterable, Iterator, Mapping
 
 from .errors import NfzooError
 
 __all__ = ["DiskFullError", "atomic_path", "atomic_open", "write_atomic", "append_atomic", "write_files_atomic",
-           "atomic_dir", "remove_stale_temporaries"]
+           "atomic_dir", "check_output_dir", "UnsafeOutputError", "remove_stale_temporaries"]
 
 _SUFFIX = ".partial"
 _DISK_FULL = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 
 
-class DiskFullError(NfzooError, OSError):
-    """No space was left on the device (or in the quota), or the file grew past the largest size
-    allowed, while writing a file; nothing was replaced. ``filename`` is the file that was
-    being written; the message names it and says what to do."""
+class _FileError(NfzooError, OSError):
+    """An OSError whose message (``strerror``) is the whole sentence, file name included."""
 
     def __str__(self) -> str:
         return self.strerror or super().__str__()
+
+
+class DiskFullError(_FileError):
+    """No space was left on the device (or in the quota), or the file grew past the largest size
+    allowed, while writing a file; nothing was replaced. ``filename`` is the file that was
+    being written; the message names it and says what to do."""
 
 
 def _umask() -> int:
@@ -223,21 +227,64 @@ def write_files_atomic(files: Mapping[str | os.PathLike, bytes | str]) -> None:
             _replace(tmp, path)
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary folder next to ``path`` to fill; when the block succeeds it replaces
-    ``path`` (an existing folder there is moved aside, then deleted)."""
+class UnsafeOutputError(_FileError, FileExistsError):
+    """An output folder would replace or delete files nfzoo did not write: it is a file, it
+    holds files already (without ``overwrite``), or it overlaps the input being read."""
+
+
+def _overlap(path: Path, other: Path) -> bool:
+    return path == other or path.is_relative_to(other) or other.is_relative_to(path)
+
+
+def check_output_dir(path: str | os.PathLike, overwrite: bool = False,
+                     apart_from: Iterable[str | os.PathLike] = ()) -> None:
+    """Refuse an output folder that writing into could harm: a file, a folder that is equal to,
+    inside or above one of ``apart_from`` (the inputs), or, unless ``overwrite``, a folder that
+    holds anything. Paths are compared by their real location (symlinks resolved)."""
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UnsafeOutputError(errno.EEXIST, f"{path} is a file, not a folder; name a new folder to write into",
+                                str(path))
+    real = Path(os.path.realpath(path))
+    for source in apart_from:
+        if _overlap(real, Path(os.path.realpath(source))):
+            raise UnsafeOutputError(errno.EEXIST, f"the output folder {path} is, holds or lies inside the input "
+                                                  f"{source}; name a folder apart from it", str(path))
+    if not overwrite and path.is_dir() and any(path.iterdir()):
+        raise UnsafeOutputError(errno.EEXIST, f"{path} already holds files; name a new or empty folder, or allow "
+                                              "replacing the files nfzoo writes there (other files are kept)",
+                                str(path))
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | os.PathLike, overwrite: bool = False,
+               apart_from: Iterable[str | os.PathLike] = ()) -> Iterator[Path]:
+    """Yield a new temporary folder next to ``path`` to fill with files; when the block succeeds
+    they are put in place, and nothing else is ever deleted or replaced.
+
+    A ``path`` that does not exist yet is the temporary folder renamed in one step. Into an
+    existing empty folder, or with ``overwrite`` into one that holds files, each file is renamed
+    into place on its own: files of the same names are replaced, every other file is kept.
+    :func:`check_output_dir` refuses the other cases before the block runs.
+    """
+    path = Path(path)
+    check_output_dir(path, overwrite, apart_from)
     with _temporary(path, make_dir=True) as tmp:
         yield tmp
         for f in tmp.rglob("*"):
-            if f.is_file():
-                _finish_file(f)
+            if f.is_dir() or f.is_symlink():
+                raise ValueError(f"atomic_dir writes files only, not {f.relative_to(tmp)}")
+            _finish_file(f)
         os.chmod(tmp, 0o777 & ~_umask())
-        if path.exists():
-            with _temporary(path, make_dir=True) as old:
-                os.replace(path, old / path.name)
-                _replace(tmp, path)
-                shutil.rmtree(old)
-        else:
+        if not path.exists():
             _replace(tmp, path)
+            return
+        check_output_dir(path, overwrite, apart_from)  # files may have arrived meanwhile
+        clash = [f.name for f in tmp.iterdir() if (path / f.name).is_dir() and not (path / f.name).is_symlink()]
+        if clash:
+            raise UnsafeOutputError(errno.EISDIR, f"{path} holds folders named {clash}, where nfzoo writes files; "
+                                                  "move them away or name another folder", str(path))
+        for f in tmp.iterdir():
+            os.replace(f, path / f.name)
+        _fsync_dir(path)
+        tmp.rmdir()

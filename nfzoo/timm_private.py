@@ -14,15 +14,20 @@ timm upgrade changes any of it:
   (``timm.models._builder._resolve_pretrained_source``), so that nfzoo checks the same file;
 * :func:`hf_split` -- timm's ``repo@revision`` syntax for Hub ids (``timm.models._hub``);
 * :func:`feature_take_indices` -- timm's reading of ``forward_intermediates(indices=...)``
-  (``timm.models._features``), so that zoo models answer it exactly as timm's models do.
+  (``timm.models._features``), so that zoo models answer it exactly as timm's models do;
+* :func:`save_config_for_hf` -- the ``config.json`` half of timm's public ``save_for_hf``
+  (``timm.models._hub``), whose weights half (safetensors' writer) reports a full disk as a
+  generic error, so that nfzoo writes the weights itself.
 """
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from timm.models import _builder, _features, _hub, _registry
 
-__all__ = ["unregister_model", "register_unlisted_alias", "pretrained_source", "hf_split", "feature_take_indices"]
+__all__ = ["unregister_model", "register_unlisted_alias", "pretrained_source", "hf_split", "feature_take_indices",
+           "save_config_for_hf"]
 
 
 def unregister_model(name: str) -> None:
@@ -56,3 +61,8 @@ def feature_take_indices(num_features: int, indices: int | list[int] | tuple[int
     """The feature indices to return and the highest one, for ``forward_intermediates``: an int
     ``n`` means the last ``n``, negative indices count from the end, None means all."""
     return _features.feature_take_indices(num_features, indices)
+
+
+def save_config_for_hf(model: Any, config_path: str | os.PathLike) -> None:
+    """Write the ``config.json`` that ``timm.models.save_for_hf(model, ...)`` writes."""
+    _hub.save_config_for_hf(model, config_path)

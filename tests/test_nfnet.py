@@ -141,7 +141,8 @@ def test_hub_weights_load_from_offline_cache(hf_cache, monkeypatch):
 
 
 def test_empty_offline_cache_names_the_repository(hf_cache):
-    with pytest.raises(LocalEntryNotFoundError, match=r"repository timm/dm_nfnet_f0\.dm_in1k.*huggingface-cli"):
+    with pytest.raises(LocalEntryNotFoundError,
+                       match=r"repository timm/dm_nfnet_f0\.dm_in1k.*`hf download timm/dm_nfnet_f0\.dm_in1k`"):
         timm.create_model("nfnet_f0", pretrained=True)
 
 

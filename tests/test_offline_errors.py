@@ -28,7 +28,7 @@ def test_offline_failure_names_source_and_expected_local_path(name, hf_cache, tm
         how = "curl -L -o"
     else:
         source, expected = entry.hf_hub_id, str(hf_cache / f"models--{entry.hf_hub_id.replace('/', '--')}")
-        how = "huggingface-cli download"
+        how = f"`hf download {entry.hf_hub_id}`"
     with pytest.raises(OSError) as info:
         timm.create_model(name, pretrained=True, pretrained_cfg_overlay=overlay)
     message = str(info.value)

@@ -6,6 +6,7 @@ import os
 import re
 import shutil
 import stat
+import sys
 
 import pytest
 import safetensors.torch
@@ -77,13 +78,24 @@ def test_not_a_checkpoint_is_refused(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+def record_source_digest(monkeypatch, name: str, **digest) -> None:
+    """Make the manifest entry ``name`` record ``digest`` (e.g. ``source_sha256=...``) for its source."""
+    entry = dataclasses.replace(checkpoint(name), **digest)
+    entries = {**manifest(), name: entry}
+    for module in ("nfzoo.weights.manifest", "nfzoo.weights.convert"):  # the module, not the function
+        monkeypatch.setattr(sys.modules[module], "manifest", lambda: entries)
+
+
 @pytest.fixture(scope="module")
 def published(tmp_path_factory):
+    """Random weights released as the JHU file, with the manifest recording that file's sha256."""
     tmp_path = tmp_path_factory.mktemp("publish")
     name = "resnet50_gn_ws.jhu_in1k"
     model, source = release("resnet50_gn_ws", tmp_path, authors)
-    convert(source, name, tmp_path / "converted")
-    folder = write_repo(tmp_path / "converted", name, tmp_path / "hub", Measured(76.1, 92.9, "test harness"))
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        record_source_digest(monkeypatch, name, source_sha256=sha256_file(source))
+        convert(source, name, tmp_path / "converted")
+        folder = write_repo(tmp_path / "converted", name, tmp_path / "hub", Measured(76.1, 92.9, "test harness"))
     return model, folder
 
 
@@ -95,22 +107,31 @@ def test_repo_folder_has_weights_timm_config_and_model_card(published):
     assert "num_classes" not in config["model_args"]  # transformers passes its own next to **model_args
     assert config["pretrained_cfg"]["tag"] == "jhu_in1k"
     assert config["pretrained_cfg"]["interpolation"] == "bilinear"
-    assert "pip install nfzoo" in config["nfzoo"]["requires"]
+    requires = config["nfzoo"]["requires"]
+    assert "pip install ." in requires and "import nfzoo" in requires and "pip install nfzoo" not in requires
 
 
 def test_card_of_the_verified_conversion_states_source_and_accuracy(published):
     _, folder = published
     card = (folder / "README.md").read_text()
     entry = checkpoint("resnet50_gn_ws.jhu_in1k")
+    record = json.loads((folder.parent / "converted" / "conversion.json").read_text())
     for fact in (entry.source_url, "released by the paper's authors", "| 76.28 | 93.01 |",
                  "| measured (test harness) | 76.10 | 92.90 |", "@article{qiao2019micro",
-                 sha256_file(folder / "model.safetensors"), "license: other",
+                 "license: other", "the source file's sha256 matches the nfzoo manifest's",
                  'timm.create_model("hf-hub:nfzoo/resnet50_gn_ws.jhu_in1k", pretrained=True)'):
         assert fact in card
+    assert_one_sha256_per_file(card, {record["source_sha256"], sha256_file(folder / "model.safetensors")})
+
+
+def assert_one_sha256_per_file(card: str, files: set[str]) -> None:
+    """The card names each file's sha256 once, and no other sha256 (the converted file is not published)."""
+    digests = re.findall(r"\b[0-9a-f]{64}\b", card)
+    assert sorted(digests) == sorted(files), digests
 
 
 def _states_nothing_of_the_source(card: str, entry) -> None:
-    assert "not the verified" in card
+    assert "could not be verified" in card
     for claim in (entry.source_url, "released by", "trained by", _percent(entry.top1), entry.accuracy_source or "expected"):
         assert claim not in card
 
@@ -197,12 +218,13 @@ def test_upload_creates_the_repo_and_uploads_the_folder(published, monkeypatch):
         def create_repo(self, repo_id, exist_ok, private):
             calls.append(("create_repo", repo_id, exist_ok, private))
 
-        def upload_folder(self, repo_id, folder_path, commit_message):
-            calls.append(("upload_folder", repo_id, folder_path))
+        def upload_folder(self, repo_id, folder_path, allow_patterns, commit_message):
+            calls.append(("upload_folder", repo_id, folder_path, allow_patterns))
             return type("Info", (), {"commit_url": f"https://huggingface.co/{repo_id}/commit/1"})()
 
     monkeypatch.setattr(publish, "HfApi", FakeApi)
     url = publish.upload(folder, "nfzoo/resnet50_gn_ws.jhu_in1k")
     assert calls == [("create_repo", "nfzoo/resnet50_gn_ws.jhu_in1k", True, False),
-                     ("upload_folder", "nfzoo/resnet50_gn_ws.jhu_in1k", str(folder))]
+                     ("upload_folder", "nfzoo/resnet50_gn_ws.jhu_in1k", str(folder),
+                      ["model.safetensors", "config.json", "README.md"])]
     assert url.endswith("/commit/1")

@@ -66,4 +66,4 @@ def build_zoo_model(
             f"the weights of {variant} (Hugging Face repository {repo}) are not in the local cache "
             f"(expected under {hf_constants.HF_HUB_CACHE}/models--{str(repo).replace('/', '--')}) and the Hub cannot be reached (offline: "
             f"HF_HUB_OFFLINE={int(hf_constants.HF_HUB_OFFLINE)}). Download them once with network access "
-            f"(`huggingface-cli download {repo}`), or point HF_HUB_CACHE at a cache that holds them.") from e
+            f"(`hf download {repo}`), or point HF_HUB_CACHE at a cache that holds them.") from e

@@ -7,7 +7,8 @@
   through ``pretrained_cfg_overlay=dict(file=...)``. When the manifest records a sha256 for
   that location, a file that does not match is refused and removed from the cache
   (OpenMMLab's 8-hex-digit prefixes count as such a record). A download is verified before it
-  is moved into the cache, so a corrupt download never lands there.
+  is moved into the cache, so a corrupt download never lands there. Removing a bad entry
+  removes only what really lies inside the cache folder (:func:`_evict`).
 * :func:`fitting_filter` wraps a family's checkpoint filter with a key and shape check, so a
   checkpoint made for another model fails with a message that says so.
 """
@@ -83,7 +84,9 @@ def _fetch_from_hub(repo: str, filename: str | None, cache_dir, expected: str | 
         except EntryNotFoundError:
             if i == len(names) - 1:
                 raise
-    _check_or_evict(path, expected if path.name == HF_WEIGHTS_FILES[0] else None, entry)
+    # <cache>/models--<org>--<name>/snapshots/<revision>/<file>: the cache is above the repo folder.
+    cache = next((p.parent.parent for p in path.parents if p.name == "snapshots"), path.parent)
+    _check_or_evict(path, expected if path.name == HF_WEIGHTS_FILES[0] else None, entry, cache)
     return path
 
 
@@ -91,7 +94,7 @@ def _fetch_url(url: str, cache_dir, expected: str | None, entry: Checkpoint | No
     folder = Path(cache_dir) if cache_dir else Path(torch.hub.get_dir()) / "checkpoints"
     path = folder / os.path.basename(urlparse(url).path)
     if path.exists():
-        _check_or_evict(path, expected, entry)
+        _check_or_evict(path, expected, entry, folder)
         return path
     try:
         with atomic_path(path) as tmp:  # checked before it enters the cache
@@ -112,19 +115,30 @@ def _check(path: Path, expected: str | None, entry: Checkpoint | None) -> None:
     check_readable(path)
 
 
-def _check_or_evict(path: Path, expected: str | None, entry: Checkpoint | None) -> None:
-    """Check a cached file; if it is bad, remove it from the cache: the entry itself, and the
-    file it links to only when that lies inside the same cache (the Hub's blob), never a file
-    of the user's elsewhere."""
+def _check_or_evict(path: Path, expected: str | None, entry: Checkpoint | None, cache: Path) -> None:
+    """Check a file of the cache folder ``cache``; if it is bad, evict it (:func:`_evict`)."""
     try:
         _check(path, expected, entry)
     except CheckpointError as e:
-        target = Path(os.path.realpath(path))
-        root = next((p.parent for p in path.parents if p.name == "snapshots"), path.parent)  # Hub: the repo folder
-        path.unlink(missing_ok=True)
-        if target.is_relative_to(os.path.realpath(root)):
-            target.unlink(missing_ok=True)
-        raise type(e)(f"{e} It has been removed from the cache; run again to download it afresh.") from None
+        if _evict(path, cache):
+            raise type(e)(f"{e} It has been removed from the cache; run again to download it afresh.") from None
+        raise type(e)(f"{e} It lies outside the cache folder {cache} (through a symlink), so nfzoo left it "
+                      "there: replace or remove it yourself.") from None
+
+
+def _evict(path: Path, cache: Path) -> bool:
+    """Remove the cache entry ``path`` and, when it is a symlink, the file it leads to (the Hub's
+    blob), each only where its real location lies inside the real ``cache`` folder. A symlink is
+    removed as a link, never through it; a folder is never removed. Returns whether the entry
+    itself was removed."""
+    root = Path(os.path.realpath(cache))
+    entry = Path(os.path.realpath(path.parent)) / path.name  # the link itself, its folders resolved
+    target = Path(os.path.realpath(path))
+    inside = [p for p in dict.fromkeys((entry, target)) if p.is_relative_to(root) and p != root]
+    for p in inside:
+        if p.is_symlink() or p.is_file():
+            p.unlink(missing_ok=True)
+    return entry in inside
 
 
 def _weights_of(entry: Checkpoint | None) -> str:

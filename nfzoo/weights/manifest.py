@@ -9,7 +9,16 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Checkpoint", "Paper", "manifest", "checkpoint", "paper", "pretrained_cfg"]
+from ..errors import NfzooError
+
+__all__ = ["Checkpoint", "Paper", "UnknownCheckpointError", "manifest", "checkpoint", "paper", "pretrained_cfg"]
+
+
+class UnknownCheckpointError(NfzooError, KeyError):
+    """A name that is not a ``"<model>.<tag>"`` of the manifest."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,20 @@ class Checkpoint:
     def file_path(self) -> Path | None:
         """The absolute path of :attr:`file`, or None."""
         return None if self.file is None else Path(str(files("nfzoo.weights").joinpath(self.file)))
+
+    @property
+    def source_digest(self) -> tuple[str, str] | None:
+        """The digest the manifest records for the source release, as ``(algorithm, hex)``, or
+        None when none is known: its ``source_sha256``; the loadable file's ``sha256`` when that
+        file is the source (OpenMMLab's mirrors, whose names carry an 8-hex-digit prefix of it);
+        or its ``source_md5``. A hex value shorter than the digest is a prefix of it."""
+        if self.source_sha256:
+            return "sha256", self.source_sha256
+        if self.sha256 and self.url == self.source_url:
+            return "sha256", self.sha256
+        if self.source_md5:
+            return "md5", self.source_md5
+        return None
 
     @property
     def model(self) -> str:
@@ -89,7 +112,8 @@ def checkpoint(name: str) -> Checkpoint:
         return manifest()[name]
     except KeyError:
         known = sorted(n for n in manifest() if n.startswith(name.split(".", 1)[0] + "."))
-        raise KeyError(f"no checkpoint {name!r} in the nfzoo manifest; known for this model: {known or 'none'}") from None
+        raise UnknownCheckpointError(f"no checkpoint {name!r} in the nfzoo manifest; known for this model: "
+                                     f"{known or 'none'} (all: nfzoo.weights.manifest())") from None
 
 
 def pretrained_cfg(name: str, **cfg: Any) -> dict[str, Any]:

@@ -1,35 +1,48 @@
 """Publishing zoo weights as a Hugging Face Hub repository that timm and transformers load.
 
-:func:`write_repo` writes the repository folder with timm's own ``save_for_hf`` (weights as
-``model.safetensors`` and ``config.json`` in timm's schema), adjusts the config so that every
+:func:`write_repo` writes the repository folder as timm's own ``save_for_hf`` would (weights as
+``model.safetensors``, ``config.json`` in timm's schema), adjusts the config so that every
 client reads it the same way (:func:`hub_config`), and adds a ``README.md`` model card drawn from
 the manifest entry of the tag (:func:`model_card`). The weights are first loaded strictly into
 the model through nfzoo's normal pretrained path, so a folder that would not load is never
-written. The folder appears in one step, with the usual permissions.
+written. The files are written by Python (a full disk is a :class:`~nfzoo.atomic_files.DiskFullError`)
+into a new temporary folder and put in place by :func:`~nfzoo.atomic_files.atomic_dir`, which
+never deletes or replaces anything but these files (:data:`REPO_FILES`).
 
-:func:`upload` pushes that folder with ``huggingface_hub``. timm's ``push_to_hf_hub`` is not
+:func:`upload` pushes those files with ``huggingface_hub``. timm's ``push_to_hf_hub`` is not
 used: it writes the model again with its own, generic card and the config that transformers
 refuses (see :func:`hub_config`).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
+import safetensors.torch
 import timm
 from huggingface_hub import HfApi
 
-from ..atomic_files import atomic_dir
+from ..atomic_files import atomic_dir, check_output_dir
+from ..errors import NfzooError
+from ..models._registry import published_name
+from ..timm_private import save_config_for_hf
 from .convert import RECORD_FILE, WEIGHTS_FILE
 from .files import sha256_file
 from .manifest import Checkpoint, checkpoint, paper
 
-__all__ = ["Measured", "Provenance", "write_repo", "upload", "model_card", "hub_config", "provenance",
-           "NFZOO_REQUIREMENT"]
+__all__ = ["Measured", "Provenance", "PublishError", "write_repo", "upload", "model_card", "hub_config",
+           "provenance", "NFZOO_INSTALL", "NFZOO_REQUIREMENT", "REPO_FILES"]
 
-NFZOO_REQUIREMENT = "pip install nfzoo, then `import nfzoo` before loading: nfzoo registers this architecture with timm"
+# What the published folder holds: the only files write_repo writes or replaces, and upload sends.
+REPO_FILES = (WEIGHTS_FILE, "config.json", "README.md")
+
+NFZOO_INSTALL = ("clone the nfzoo repository and run `pip install .` in it, or `pip install git+<its URL>` "
+                 "(nfzoo is not on PyPI)")
+NFZOO_REQUIREMENT = (f"To install nfzoo, {NFZOO_INSTALL}; then `import nfzoo` before timm or transformers loads "
+                     "this model: nfzoo registers its architecture with timm")
 
 # How the weights of each source format came to be, for the card of a verified file.
 _ORIGIN = {
@@ -41,6 +54,10 @@ _ORIGIN = {
 }
 
 
+class PublishError(NfzooError, ValueError):
+    """What to publish is not usable: no weights file, or measured accuracies that cannot be."""
+
+
 @dataclass(frozen=True)
 class Measured:
     """Accuracy measured on the published weights (%), and how."""
@@ -48,36 +65,75 @@ class Measured:
     top5: float
     setup: str  # e.g. "nfzoo eval harness, 256 px, H100, bf16"
 
+    def __post_init__(self):
+        if not 0 <= self.top1 <= self.top5 <= 100:
+            raise PublishError(f"measured top-1 {self.top1} and top-5 {self.top5} must be percentages with "
+                               "0 <= top-1 <= top-5 <= 100")
+        if not self.setup.strip():
+            raise PublishError("the measured accuracy needs its setup (how it was measured), e.g. "
+                               '"nfzoo eval harness, 256 px, H100"')
+
 
 @dataclass(frozen=True)
 class Provenance:
-    """Whether a weights file is the tag's verified file, and why (or why not)."""
+    """Whether a weights file is the tag's verified file, why (or why not), and the source file
+    it was verified against (``source``: its location and digests, for the card)."""
     verified: bool
-    sha256: str
     reason: str
+    source: str | None = None
+
+
+def _source_match(entry: Checkpoint, record: dict) -> tuple[str | None, str]:
+    """``(source line, reason)``: the source line when the record's digest of the source matches
+    the digest the manifest records for it, else None and why not."""
+    if entry.source_digest is None:
+        return None, (f"the nfzoo manifest records no digest of the source file of {entry.name} "
+                      f"({entry.source_url}), so the file converted cannot be told from any other")
+    algorithm, expected = entry.source_digest
+    found = str(record.get(f"source_{algorithm}") or "")
+    if not found or not found.startswith(expected):
+        return None, (f"the {algorithm} of the file converted ({found or 'not recorded'}) is not the one the nfzoo "
+                      f"manifest records for the source of {entry.name} ({expected})")
+    match = (f"the source file's {algorithm} matches the nfzoo manifest's" if len(expected) == len(found) else
+             f"the source file's {algorithm} starts with {expected}, the prefix the nfzoo manifest records")
+    digests = f"sha256 `{record.get('source_sha256')}`" + (f", md5 `{found}`" if algorithm == "md5" else "")
+    return (f"{entry.source_url} ({entry.source_format}), {digests}",
+            f"{match}, and the conversion record of `weights/convert.py` names the converted file")
 
 
 def provenance(entry: Checkpoint, weights: Path, record: dict | None) -> Provenance:
     """Is ``weights`` the verified file of ``entry``?
 
     Verified means: the manifest records the file's full sha256 and it matches (the shipped,
-    trained checkpoints), or the conversion record written by ``weights/convert.py`` for this
-    tag lies next to it and names this very file (same sha256); convert.py checked the source
-    against the manifest's digests before writing it. Anything else (random weights, a file
-    from elsewhere, a record of another tag) is unverified.
+    trained checkpoints); or the conversion record written by ``weights/convert.py`` for this
+    tag lies next to it, names this very file (same sha256), and records a digest of the
+    source that matches the one the manifest records for the source (:attr:`Checkpoint.source_digest`).
+    Anything else (random weights, a file from elsewhere, a record of another tag, a source
+    that the manifest has no digest for) is unverified.
     """
     sha = sha256_file(weights)
     if entry.file:  # shipped in the package: the manifest records its sha256
-        ok = sha == entry.sha256
-        return Provenance(ok, sha, "sha256 matches the manifest" if ok else
-                          f"sha256 differs from the manifest's {entry.sha256 or '(none recorded)'}")
+        if sha != entry.sha256:
+            return Provenance(False, "its sha256 differs from the one the nfzoo manifest records for the shipped file")
+        return Provenance(True, "the file's sha256 matches the nfzoo manifest's",
+                          f"`{entry.file}`, shipped in nfzoo (trained by `python {entry.source_url}`), sha256 `{sha}`")
     if record is None:
-        return Provenance(False, sha, f"no conversion record ({RECORD_FILE}) from weights/convert.py lies next to it")
+        return Provenance(False, f"no conversion record ({RECORD_FILE}) of weights/convert.py lies next to it, "
+                                 "or it is unreadable")
     if record.get("name") != entry.name:
-        return Provenance(False, sha, f"its conversion record is for {record.get('name')!r}, not {entry.name}")
+        return Provenance(False, f"its conversion record is for {record.get('name')!r}, not {entry.name}")
     if record.get("sha256") != sha:
-        return Provenance(False, sha, f"sha256 differs from the one its conversion produced ({record.get('sha256')})")
-    return Provenance(True, sha, "the conversion record of weights/convert.py names this file")
+        return Provenance(False, "its sha256 differs from the one its conversion produced")
+    source, reason = _source_match(entry, record)
+    return Provenance(source is not None, reason, source)
+
+
+def _read_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):  # absent or unreadable: the weights cannot be vouched for
+        return None
+    return record if isinstance(record, dict) else None
 
 
 def write_repo(
@@ -85,29 +141,39 @@ def write_repo(
         name: str,
         out_dir: str | os.PathLike,
         measured: Measured | None = None,
+        overwrite: bool = False,
 ) -> Path:
     """Write the Hub repository folder for ``weights_dir/model.safetensors``.
 
-    ``name`` is the manifest tag (``"nfnet_f0.dm_in1k"``). The folder is written next to
-    ``out_dir`` and moved into place in one step; an existing ``out_dir`` is replaced.
+    ``name`` is the manifest tag (``"nfnet_f0.dm_in1k"``). ``out_dir`` must not exist yet, be
+    empty, or (with ``overwrite``) only has its :data:`REPO_FILES` replaced, every other file
+    in it kept; it may not be a file, nor equal to, inside or above ``weights_dir``
+    (:class:`~nfzoo.atomic_files.UnsafeOutputError`, raised before anything is loaded).
     """
     import nfzoo  # noqa: F401  (registers the zoo's models with timm)
 
     entry = checkpoint(name)
     weights_dir, out_dir = Path(weights_dir), Path(out_dir)
     weights = weights_dir / WEIGHTS_FILE
-    record_path = weights_dir / RECORD_FILE
-    record = json.loads(record_path.read_text()) if record_path.is_file() else None
+    if not weights.is_file():
+        raise PublishError(f"{weights_dir} holds no {WEIGHTS_FILE}; give the folder that weights/convert.py wrote")
+    check_output_dir(out_dir, overwrite, apart_from=[weights_dir])
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
-    origin = provenance(entry, weights, record)
+    origin = provenance(entry, weights, _read_record(weights_dir / RECORD_FILE))
+    # The bytes save_for_hf writes, serialised in memory and written by Python: safetensors' own
+    # writer reports a full disk as a generic error, not an OSError.
+    tensors = safetensors.torch.save({k: v.contiguous() for k, v in model.state_dict().items()})
 
-    with atomic_dir(out_dir) as tmp:  # appears whole, with the usual permissions, or not at all
-        timm.models.save_for_hf(model, tmp, safe_serialization=True)
+    with atomic_dir(out_dir, overwrite, apart_from=[weights_dir]) as tmp:
         config_path = tmp / "config.json"
-        config_path.write_text(json.dumps(hub_config(json.loads(config_path.read_text()), entry), indent=2) + "\n")
+        save_config_for_hf(model, config_path)
+        config = hub_config(json.loads(config_path.read_text()), entry)
         card = model_card(entry, origin, measured, num_params=sum(p.numel() for p in model.parameters()),
-                          published_sha256=sha256_file(tmp / WEIGHTS_FILE))
-        (tmp / "README.md").write_text(card)
+                          published_sha256=hashlib.sha256(tensors).hexdigest())
+        for file, data in ((WEIGHTS_FILE, tensors), ("config.json", json.dumps(config, indent=2) + "\n"),
+                           ("README.md", card)):
+            with open(tmp / file, "wb") as f:
+                f.write(data.encode() if isinstance(data, str) else data)
     return out_dir
 
 
@@ -120,7 +186,7 @@ def hub_config(config: dict, entry: Checkpoint) -> dict:
     * ``pretrained_cfg`` gives the *evaluation* preprocessing as the input size: clients that
       read only ``input_size``/``crop_pct`` (transformers' image processor, timm's
       ``resolve_data_config`` without ``use_test_size``) then evaluate as the source did.
-    * ``nfzoo`` says what the architecture needs, for a reader without nfzoo.
+    * ``nfzoo`` says how to install nfzoo and that it must be imported, for a reader without it.
     """
     config = json.loads(json.dumps(config))  # a deep copy
     config.get("model_args", {}).pop("num_classes", None)
@@ -142,29 +208,28 @@ def model_card(entry: Checkpoint, origin: Provenance, measured: Measured | None,
                published_sha256: str) -> str:
     """The README.md of the Hub repository. Provenance and expected accuracy come from the
     manifest entry, and only for its verified file (:func:`provenance`); any other file gets a
-    card that says it is not that file and states neither."""
+    card that says its source file could not be verified and states neither. Each file the
+    card names has one digest."""
     cite = paper(entry.paper)
     license_ = entry.license if entry.license != "unspecified" else "other"
     measured_row = (f"| measured ({measured.setup}) | {measured.top1:.2f} | {measured.top5:.2f} |"
                     if measured else "| measured | not yet measured | |")
     if origin.verified:
-        source = (f"- Trained by: `python {entry.source_url}`" if entry.source_format == "nfzoo-trained" else
-                  f"- Source: {entry.source_url} ({entry.source_format}), "
-                  f"sha256 `{entry.source_sha256 or 'not recorded'}`")
         about = (f"{cite.title} ({entry.paper}): {entry.dataset} weights {_ORIGIN[entry.source_format]}, "
-                 f"in the layout of nfzoo (a timm plugin).\n\n{source}\n"
-                 f"- Verified: {origin.reason} (sha256 `{origin.sha256}`)")
+                 f"in the layout of nfzoo (a timm plugin).\n\n- Source file: {origin.source}\n"
+                 f"- Verified: {origin.reason}")
         expected_row = (f"| expected ({entry.accuracy_source or 'no published figure'}) | {_percent(entry.top1)} "
                         f"| {_percent(entry.top5)} |\n")
         license_note = ("" if entry.license != "unspecified" else
                         "\nThe authors released these weights without stating a license; check with them "
                         "before any use beyond research.\n")
     else:
-        about = (f"**These weights are not the verified {entry.name} file**: {origin.reason} "
-                 f"(sha256 `{origin.sha256}`). They have the architecture of {entry.model} (nfzoo, a timm "
-                 f"plugin), but nothing is known here of where they come from or how well they do: the "
-                 f"source's provenance and published accuracy do not apply to them.")
+        about = (f"**The source file of these weights could not be verified as the {entry.name} release**: "
+                 f"{origin.reason}. They have the architecture of {entry.model} (nfzoo, a timm plugin), but "
+                 f"nothing is known here of where they come from or how well they do: the source's provenance "
+                 f"and published accuracy do not apply to them.")
         expected_row, license_note = "", ""
+    architecture = published_name(entry.model)
     return f"""---
 tags:
 - image-classification
@@ -181,7 +246,7 @@ datasets:
 
 - Parameters: {num_params / 1e6:.2f} M
 - Evaluation: {entry.test_size} px, {entry.crop_mode} crop {entry.crop_pct}, {entry.interpolation} interpolation
-- `model.safetensors` sha256: `{published_sha256}`
+- `{WEIGHTS_FILE}` sha256: `{published_sha256}`
 - License: {entry.license}
 {license_note}
 ## {entry.dataset} validation accuracy
@@ -192,8 +257,10 @@ datasets:
 
 ## Usage
 
-The architecture is nfzoo's: `pip install nfzoo` and `import nfzoo` before loading. Without it,
-timm and transformers stop with "Unknown model (nfzoo_...)" rather than build another network.
+The architecture is nfzoo's. To install nfzoo, {NFZOO_INSTALL}; then `import nfzoo`
+before loading. Without it, timm stops with `Unknown model ({architecture})` and transformers with "The model
+architecture '{architecture}' is not supported in your version of timm ... Please upgrade timm":
+upgrading timm does not help, `import nfzoo` does. Neither builds another network.
 
 ```python
 import timm
@@ -206,7 +273,7 @@ transform = timm.data.create_transform(**cfg)
 
 transformers (`AutoModelForImageClassification.from_pretrained("{entry.publish_repo}")`, after
 `import nfzoo`) and its image processor read the same evaluation preprocessing from
-`config.json`.
+`config.json`. To fetch the files without loading them: `hf download {entry.publish_repo}`.
 
 ## Citation
 
@@ -217,8 +284,10 @@ transformers (`AutoModelForImageClassification.from_pretrained("{entry.publish_r
 
 
 def upload(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
-    """Create ``repo_id`` if needed and upload ``folder`` to it; returns the commit URL."""
+    """Create ``repo_id`` if needed and upload the :data:`REPO_FILES` of ``folder`` to it (no
+    other file of the folder); returns the commit URL."""
     api = HfApi()
     api.create_repo(repo_id, exist_ok=True, private=private)
-    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), commit_message="Add weights (nfzoo)")
+    info = api.upload_folder(repo_id=repo_id, folder_path=str(folder), allow_patterns=list(REPO_FILES),
+                             commit_message="Add weights (nfzoo)")
     return info.commit_url
