@@ -59,15 +59,14 @@ torch.fx.wrap("pad_same")  # one node in a trace: the padding depends on the inp
 @torch.fx.wrap  # a traced fused model records one call here, not the routes' control flow
 def inference_gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """``F.gelu(x, approximate=approximate)`` by the faster of torch's CPU routes, to float
-    round-off the same values. Measured with torch 2.15 on a 2-core AVX2 EPYC and a 2-core
-    AVX-512 Xeon (docs/speed.md):
+    round-off the same values (see docs/speed.md):
 
     * erf GELU: torch runs a contiguous float input through oneDNN's kernel and a channels_last
-      one through its own, 1.3-1.5x slower on both; a float32 channels_last input goes in as its
+      one through its own, slower one; a float32 channels_last input goes in as its
       NHWC permutation, which is contiguous (the same memory, nothing copied). Half-precision
       inputs keep torch's route: on AVX-512 oneDNN's bfloat16 GELU rounds differently from it.
     * tanh GELU (DeepMind's): ``x * sigmoid(2u)`` in four passes over one fresh tensor, in place,
-      is 1.4-1.8x faster than torch's tanh GELU kernel. Where autograd records the call, the plain
+      is faster than torch's tanh GELU kernel. Where autograd records the call, the plain
       GELU runs instead: its in-place passes would overwrite what the backward needs. So it does
       for half-precision inputs, which four roundings instead of one would make less exact.
 
@@ -225,8 +224,8 @@ def fuse(model: nn.Module, input_size: Sequence[int] | None = None, inplace: boo
         inplace: modify ``model`` itself instead of a deep copy.
         memory_format: the layout of every 2-d conv weight of the fused model. The default,
             ``torch.channels_last``, is the faster one for NFNets on CPU (oneDNN convolves NHWC
-            activations without converting them around each conv: NFNet-F0, float32, about
-            1.1x NCHW at batch 16 on a 2-core EPYC, see docs/speed.md) and with cuDNN under bf16.
+            activations without converting them around each conv; see docs/speed.md) and with
+            cuDNN under bf16.
             Inputs may stay NCHW: a conv with a ``channels_last`` weight returns a
             ``channels_last`` output whatever its input's layout, so the feature maps are NHWC
             from the first conv on (same shapes and values). ``None`` keeps each weight's

@@ -57,8 +57,8 @@ def _centered(w: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tens
     """Per output channel of the (float32 or wider) ``w``, over every other dim: the flattened
     weight minus its mean, the mean, and the variance (population, or unbiased).
 
-    Two passes, the mean and then the norm of the centred rows: exact, and on the CPU several
-    times faster than ``torch.var_mean``'s Welford kernel (see docs/speed.md).
+    Two passes, the mean and then the norm of the centred rows: exact, and on the CPU faster
+    than ``torch.var_mean``'s Welford kernel (see docs/speed.md).
     """
     flat = w.flatten(1)
     n = flat.shape[1]
