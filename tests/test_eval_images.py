@@ -1,8 +1,11 @@
-"""Image decoding in the harness: any decode failure is counted (one process and two), 16-bit
-PNGs keep their range, class folders named by number map by number."""
+"""Image decoding in the harness: any decode failure is counted (one process and two), a FIFO
+is never opened, GIFs are read, a preprocessing failure stops the run, 16-bit PNGs keep their
+range, class folders named by number map by number."""
 import io
 import json
+import os
 import struct
+import threading
 import zlib
 
 import numpy as np
@@ -80,3 +83,66 @@ def test_numbered_folders_that_are_not_0_to_999_are_refused(tmp_path):
     _numbered_folders(tmp_path, [str(i) for i in range(1, 1001)], ["1"])
     with pytest.raises(EvaluationError, match="exactly 0 ... 999"):
         image_folder(tmp_path)
+
+
+def _planted_evaluate(tmp_path, **options):
+    from eval_helpers import PlantedModel
+    from nfzoo.evaluation import EvalOptions, eval_data_config, evaluate
+
+    model = PlantedModel()
+    options = {"workers": 0, "progress": False, **options}
+    return evaluate(model, _source(tmp_path), eval_data_config(model), start("cpu"), EvalOptions(**options))
+
+
+def test_a_fifo_is_a_bad_image_and_never_opened(tmp_path):
+    items = odd_items(5)
+    write_planted_folder(tmp_path / "data", items)
+    os.mkfifo(tmp_path / "data" / "c002" / "x.jpg")  # opening it would wait for a writer forever
+    done = []
+    worker = threading.Thread(target=lambda: done.append(_planted_evaluate(tmp_path)), daemon=True)
+    worker.start()
+    worker.join(timeout=60)
+    assert done, "the evaluation hangs on the FIFO"
+    assert done[0].bad_images == ["c002/x.jpg"] and done[0].images == 5
+    assert (done[0].top1, done[0].top5) == planted_expectation(items)
+
+
+def test_a_gif_is_read_as_its_first_frame_and_the_source_says_so(tmp_path):
+    items = odd_items(5)
+    write_planted_folder(tmp_path / "data", items)
+    code, label = 4, 4
+    frames = [solid_image(code), solid_image(9)]
+    frames[0].save(tmp_path / "data" / f"c{label:03d}" / "anim.gif", save_all=True, append_images=frames[1:])
+    (tmp_path / "data" / "c000" / "notes.txt").write_text("not an image")
+    source = _source(tmp_path)
+    assert "1 GIF(s) read as their first frame" in source.description
+    assert "1 file(s) left out as not images (extension .txt)" in source.description
+    result = _planted_evaluate(tmp_path)
+    assert result.images == 6 and result.bad_images == []
+    assert (result.top1, result.top5) == planted_expectation(items + [(code, label)])
+
+
+@pytest.mark.parametrize("workers", [0, 1])
+def test_a_preprocessing_failure_stops_the_run_instead_of_counting_bad_images(tmp_path, monkeypatch, workers):
+    import nfzoo.evaluation.loop as loop
+
+    write_planted_folder(tmp_path / "data", odd_items(3))
+    real = loop.eval_transform
+
+    def failing(data_config, resize="pil"):
+        transform = real(data_config, resize)
+        return lambda image: transform(image.crop((0, 0, 0, 0)))  # an empty image: torchvision refuses it
+    monkeypatch.setattr(loop, "eval_transform", failing)
+    with pytest.raises(EvaluationError, match="preprocessing it failed .* not a bad image"):
+        _planted_evaluate(tmp_path, workers=workers)
+
+
+def test_a_transform_that_no_image_fits_is_an_error_not_bad_images(tmp_path):
+    from eval_helpers import PlantedModel
+    from nfzoo.evaluation import EvalOptions, eval_data_config, evaluate
+
+    write_planted_folder(tmp_path / "data", odd_items(3))
+    model = PlantedModel()
+    config = dict(eval_data_config(model), crop_pct=-1.0)
+    with pytest.raises(EvaluationError, match="crop_pct -1.0"):
+        evaluate(model, _source(tmp_path), config, start("cpu"), EvalOptions(workers=0, progress=False))

@@ -18,7 +18,7 @@ from ..cli import ArgumentParser, existing_file, run_cli
 from .input_error import EvaluationError
 from .results import read_results
 
-__all__ = ["render_plot", "plot_accuracy_vs_throughput", "main"]
+__all__ = ["accuracy_figure", "render_plot", "plot_accuracy_vs_throughput", "main"]
 
 PROG = "python -m nfzoo.evaluation.plot"
 
@@ -29,8 +29,8 @@ def _data_label(rows: list[dict[str, Any]]) -> str:
     return textwrap.fill(f"top-1 (%) on {', '.join(data)}", 70)
 
 
-def render_plot(rows: list[dict[str, Any]]) -> bytes:
-    """A PNG scatter of top-1 (%) against images/s (log scale), one labelled point per row."""
+def accuracy_figure(rows: list[dict[str, Any]]):
+    """A matplotlib figure: top-1 (%) against images/s (log scale), one labelled point per row."""
     try:
         import matplotlib
         matplotlib.use("Agg")
@@ -57,6 +57,14 @@ def render_plot(rows: list[dict[str, Any]]) -> bytes:
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     fig.tight_layout()
+    return fig
+
+
+def render_plot(rows: list[dict[str, Any]]) -> bytes:
+    """:func:`accuracy_figure` as PNG bytes."""
+    import matplotlib.pyplot as plt
+
+    fig = accuracy_figure(rows)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120)
     plt.close(fig)
