@@ -19,6 +19,7 @@ from timm.models import get_pretrained_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..train.checkpoint import load_checkpoint, read_model_config
+from ..weights.checkpoints import check_torch_checkpoint
 from ..weights.errors import CheckpointError
 from ..weights.manifest import Checkpoint, manifest
 from ..torchrun import Runtime
@@ -112,6 +113,7 @@ def create_model(name: str, weights: str, checkpoint: Path | None = None, seed: 
     if weights == "checkpoint":
         if checkpoint is None or not Path(checkpoint).is_file():
             raise EvaluationError(f"checkpoint file {checkpoint} does not exist")
+        check_torch_checkpoint(checkpoint)  # timm's torch.load below: bounded by the file's size
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(overlay, file=str(checkpoint)))
     else:
         kwargs.update(pretrained=weights == "pretrained", pretrained_cfg_overlay=overlay or None)

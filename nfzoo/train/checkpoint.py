@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import os
-import pickle
 import random
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import numpy as np
 import torch
 
 from ..atomic_files import atomic_open, write_atomic
+from ..weights.checkpoints import load_torch_file
 from ..weights.errors import CheckpointError
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "MODEL_CONFIG_KEYS",
@@ -49,15 +49,9 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}; pass resume=None (--no-resume) to start fresh")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise CheckpointError(
-            f"{path} holds objects other than tensors and plain values, so it was not loaded (loading it "
-            "could run code from the file). It was not written by this version of nfzoo.train: move it "
-            f"away, or start fresh with --no-resume. ({str(e).splitlines()[0]})") from e
-    except (EOFError, RuntimeError, ValueError) as e:
-        raise CheckpointError(f"{path} is damaged or not a checkpoint ({type(e).__name__}: {e}); "
-                              "move it away, or start fresh with --no-resume") from e
+        return load_torch_file(path)
+    except CheckpointError as e:
+        raise CheckpointError(f"{e} Move it away, or start fresh with --no-resume.") from e
 
 
 def read_model_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:

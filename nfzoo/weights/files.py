@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 import zipfile
 from pathlib import Path
+from typing import Literal
 
 from safetensors import SafetensorError, safe_open
 
 from .errors import ChecksumError, CheckpointError
 
-__all__ = ["file_digest", "sha256_file", "check_sha256", "check_digest", "check_readable"]
+__all__ = ["file_digest", "sha256_file", "check_sha256", "check_digest", "check_readable", "checkpoint_format",
+           "AllocationBudget"]
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
@@ -46,14 +49,58 @@ def check_sha256(path: str | os.PathLike, expected: str, what: str) -> str:
     return check_digest(path, expected, what)
 
 
-def _check_zip_crcs(path: Path) -> None:
-    """torch.load never checks the CRC-32 that the zip format stores for every member, so a
-    file whose body is damaged but whose directory is intact would load with wrong values."""
+class AllocationBudget:
+    """How many bytes the objects an unpickler builds may take: ``slack``, plus ``factor`` per
+    byte of pickle read so far (``position``, which the unpickler advances).
+
+    Every object that could be large is charged before it exists, so a file that asks for more
+    than its size accounts for is refused with :class:`AllocationBudget.Exceeded` (an
+    ``UnpicklingError``) before the memory is taken.
+    """
+
+    class Exceeded(pickle.UnpicklingError):
+        """A charge went over the budget."""
+
+    def __init__(self, slack: int, factor: int = 0):
+        self.slack, self.factor, self.position, self.spent = slack, factor, 0, 0
+
+    def charge(self, nbytes: int, what: str) -> None:
+        self.spent += nbytes
+        if self.spent > self.slack + self.factor * self.position:
+            raise self.Exceeded(f"{what} would make the file allocate more memory than its own size accounts for")
+
+
+def checkpoint_format(path: Path) -> Literal["zip", "safetensors", "legacy"]:
+    """A PyTorch zip checkpoint, a safetensors file, or anything else (a legacy PyTorch pickle),
+    told by the file's first bytes (a safetensors header: also by the name)."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    if head[:4] == b"PK\x03\x04":
+        return "zip"
+    return "safetensors" if head[8:9] == b"{" or path.suffix == ".safetensors" else "legacy"
+
+
+def _check_zip(path: Path) -> None:
+    """The members of a zip checkpoint must be stored as torch.save stores them (uncompressed)
+    and fit in the file together (so none expands or overlaps another), and each must pass its
+    CRC-32 check: torch.load never checks the CRC, so a file whose body is damaged but whose
+    directory is intact would load with wrong values."""
     try:
         with zipfile.ZipFile(path) as archive:
-            bad = archive.testzip()
+            members = archive.infolist()
+            compressed = [m.filename for m in members if m.compress_type != zipfile.ZIP_STORED]
+            oversized = sum(m.file_size for m in members) > path.stat().st_size
+            bad = None if compressed or oversized else archive.testzip()
     except (zipfile.BadZipFile, OSError, EOFError, ValueError) as e:
         raise CheckpointError(f"{path} is a damaged PyTorch checkpoint ({e}); download or copy it again.") from e
+    if compressed:
+        raise CheckpointError(
+            f"{path} is not a PyTorch checkpoint as torch.save writes it: its member {compressed[0]} is "
+            "compressed; save it again with torch.save.")
+    if oversized:
+        raise CheckpointError(
+            f"{path} is a damaged PyTorch checkpoint: its members' sizes add up to more than the file; "
+            "download or copy it again.")
     if bad is not None:
         raise CheckpointError(
             f"{path} is a damaged PyTorch checkpoint: its member {bad} fails the zip CRC check "
@@ -64,22 +111,21 @@ def check_readable(path: str | os.PathLike) -> None:
     """Fail fast, with a clear message, on a checkpoint file that cannot be complete.
 
     A safetensors file must have a valid header whose tensors end exactly at the end of the
-    file; a PyTorch zip checkpoint must have its zip directory (at the end of the file).
-    Every member of a zip checkpoint must pass its CRC-32 check (this reads the whole file).
-    Legacy (pre-1.6) PyTorch pickles have no cheap check: their sha256 is what protects them.
-    The format is told by the file's first bytes, not its name.
+    file; a PyTorch zip checkpoint must have its zip directory (at the end of the file), and its
+    members must be stored uncompressed, fit in the file and pass their CRC-32 checks (this
+    reads the whole file). Legacy (pre-1.6) PyTorch pickles have no cheap check: their sha256
+    is what protects them. The format is told by :func:`checkpoint_format`.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file.")
-    with open(path, "rb") as f:
-        head = f.read(9)
-    if head[:4] == b"PK\x03\x04":
+    fmt = checkpoint_format(path)
+    if fmt == "zip":
         if not zipfile.is_zipfile(path):
             raise CheckpointError(
-                f"{path} is a truncated PyTorch checkpoint (its zip directory is missing).")
-        _check_zip_crcs(path)
-    elif head[8:9] == b"{" or path.suffix == ".safetensors":
+                f"{path} is a damaged PyTorch checkpoint: truncated (its zip directory is missing).")
+        _check_zip(path)
+    elif fmt == "safetensors":
         try:
             with safe_open(path, framework="pt"):
                 pass

@@ -5,9 +5,12 @@ mapping ``{module_path: {param: ndarray}}``; Haiku's ``init`` then returned its 
 types (``haiku._src.data_structures.FlatMapping``, earlier ``frozendict``). Unpickling runs
 whatever the file asks for, so :func:`load_haiku_params` uses an unpickler that rebuilds only
 dicts (Haiku's mappings and ``OrderedDict`` become plain dicts, without importing Haiku) and
-numpy arrays: any other global in the file (``os.system``, ``builtins.eval``, a dill code
-object ...) is refused before it is called, and what the file may allocate is bounded by its
-own size.
+numpy arrays: any other global in the file (``os.system``, ``builtins.eval``, any numpy
+function but the few that rebuild arrays, a dill code object ...) is refused before it is
+called, and what the file may allocate is bounded by its own size: every array, scalar, bytes
+object and mapping copy is charged before it exists, an array's pickled state too (numpy
+copies the bytes for a byte-swapped dtype, so one stored bytes object reused by many arrays
+would otherwise allocate many times its size).
 
 :func:`haiku_to_state_dict` maps the Haiku tree onto nfzoo's NFNet modules, which use timm's
 ``dm_nfnet_f*`` names::
@@ -31,6 +34,7 @@ import math
 import os
 import pickle
 import re
+import sys
 from typing import IO, Any
 
 import numpy as np
@@ -38,6 +42,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError
+from .files import AllocationBudget
 
 __all__ = ["load_haiku_params", "haiku_to_state_dict", "HaikuTree"]
 
@@ -49,25 +54,10 @@ _BLOCK_CONVS = {"conv0": "conv1", "conv1": "conv2", "conv1b": "conv2b", "conv2":
                 "conv_shortcut": "downsample.conv"}
 _SE_LINEARS = {"linear": "attn_last.fc1", "linear_1": "attn_last.fc2"}
 
-
-class _Budget:
-    """How many bytes the objects a pickle builds may take beyond what the file itself holds.
-
-    A genuine release materialises each array from bytes stored in the file, so everything it
-    builds fits in about the file's size; a crafted file could instead reuse one stored string
-    thousands of times, or ask for an array far larger than itself.
-    """
-
-    SLACK = 1 << 20
-
-    def __init__(self, file_size: int):
-        self.left = file_size + self.SLACK
-
-    def charge(self, nbytes: int, what: str) -> None:
-        self.left -= nbytes
-        if self.left < 0:
-            raise pickle.UnpicklingError(
-                f"{what} would make the file allocate more memory than its own size accounts for")
+# What a genuine release builds: its arrays once from the bytes the file stores (twice for
+# protocol 2, whose bytes are first a latin-1 string), so twice the file's size plus some slack.
+_SIZE_FACTOR = 2
+_SLACK = 1 << 20
 
 
 def _array_bytes(shape: Any, dtype: Any) -> int:
@@ -90,16 +80,28 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     ``collections.OrderedDict`` are read as plain dicts without importing Haiku. dill writes
     numpy's C functions as ``dill._dill._get_attr(dill._dill._import_module(module), name)``;
     those two helpers are answered only for the numpy functions allowed here. Every object the
-    file builds is charged to a :class:`_Budget` of the file's size.
+    file builds is charged to an :class:`~nfzoo.weights.files.AllocationBudget` of twice the
+    file's size.
     """
 
     def __init__(self, file: IO[bytes], file_size: int):
         super().__init__(file)
-        self.budget = _Budget(file_size)
+        self.budget = AllocationBudget(_SIZE_FACTOR * file_size + _SLACK)
         self._allowed = self._globals()
 
     def _globals(self) -> dict[tuple[str, str], Any]:
         from numpy._core import multiarray, numeric  # numpy >= 2; older pickles name numpy.core
+
+        budget = self.budget
+
+        class ChargedArray(np.ndarray):
+            """An array whose pickled state (``BUILD``) is charged before numpy sets it."""
+
+            def __setstate__(self, state: Any) -> None:
+                if not isinstance(state, tuple) or len(state) not in (4, 5):
+                    raise pickle.UnpicklingError("an array's pickled state is not (shape, dtype, order, data)")
+                budget.charge(_array_bytes(state[-4], state[-3]), f"an array state of shape {state[-4]!r:.40}")
+                super().__setstate__(state)
 
         def encode(text: str, encoding: str = "latin1") -> bytes:
             """``_codecs.encode`` as protocol-2 pickles use it for bytes, and nothing else."""
@@ -109,29 +111,41 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
             return text.encode("latin1")
 
         def ndarray(shape: Any, dtype: Any = float) -> np.ndarray:
-            self.budget.charge(_array_bytes(shape, dtype), f"ndarray{shape!r}")
-            return np.ndarray(shape, _safe_dtype(dtype))
+            self.budget.charge(_array_bytes(shape, dtype), f"ndarray{shape!r:.40}")
+            return ChargedArray(shape, _safe_dtype(dtype))
 
         def reconstruct(subtype: Any, shape: Any, dtype: Any) -> np.ndarray:
             if subtype is not ndarray:
                 raise pickle.UnpicklingError("refusing an array of a type other than numpy.ndarray")
-            self.budget.charge(_array_bytes(shape, dtype), f"an array of shape {shape!r}")
-            return multiarray._reconstruct(np.ndarray, shape, _safe_dtype(dtype))
+            self.budget.charge(_array_bytes(shape, dtype), f"an array of shape {shape!r:.40}")
+            return multiarray._reconstruct(ChargedArray, shape, _safe_dtype(dtype))
+
+        def frombuffer(buffer: Any, dtype: Any, shape: Any, order: Any) -> np.ndarray:
+            self.budget.charge(_array_bytes(shape, dtype), f"an array of shape {shape!r:.40}")
+            return numeric._frombuffer(buffer, _safe_dtype(dtype), shape, order).view(ChargedArray)
 
         def scalar(dtype: Any, *data: Any) -> Any:
-            return multiarray.scalar(_safe_dtype(dtype), *data)
+            dtype = _safe_dtype(dtype)
+            self.budget.charge(dtype.itemsize, f"a scalar of {dtype}")
+            return multiarray.scalar(dtype, *data)
+
+        def plain_dict(*args: Any) -> dict:
+            if len(args) > 1 or (args and not isinstance(args[0], dict)):
+                raise pickle.UnpicklingError("a Haiku mapping is rebuilt from one dict")
+            self.budget.charge(sys.getsizeof(args[0]) if args else 0, "a copy of a mapping")
+            return dict(*args)
 
         allowed: dict[tuple[str, str], Any] = {}
         for core in ("numpy.core", "numpy._core"):
             for module in (f"{core}.multiarray", f"{core}._multiarray_umath"):
                 allowed[(module, "_reconstruct")] = reconstruct
                 allowed[(module, "scalar")] = scalar
-            allowed[(f"{core}.numeric", "_frombuffer")] = numeric._frombuffer
+            allowed[(f"{core}.numeric", "_frombuffer")] = frombuffer
         allowed[("numpy", "ndarray")] = ndarray
         allowed[("numpy", "dtype")] = _safe_dtype
         allowed[("_codecs", "encode")] = encode
         for container in _HAIKU_MAPPINGS:
-            allowed[container] = _plain_dict
+            allowed[container] = plain_dict
         allowed[("dill._dill", "_import_module")] = _DillModule
         allowed[("dill._dill", "_get_attr")] = self._dill_get_attr
         return allowed
@@ -157,12 +171,6 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
 # is (type, (dict,))) and OrderedDict (reduced to (OrderedDict, ()) plus its items).
 _HAIKU_MAPPINGS = (("haiku._src.data_structures", "FlatMapping"), ("haiku._src.data_structures", "frozendict"),
                    ("collections", "OrderedDict"))
-
-
-def _plain_dict(*args: Any) -> dict:
-    if len(args) > 1 or (args and not isinstance(args[0], dict)):
-        raise pickle.UnpicklingError("a Haiku mapping is rebuilt from one dict")
-    return dict(*args)
 
 
 class _DillModule:
@@ -192,7 +200,7 @@ def load_haiku_params(path: str | os.PathLike) -> HaikuTree:
             f"{path}: cannot be read as a Haiku weights pickle ({type(e).__name__}: {e}); "
             "the file is truncated or not a DeepMind NFNet release.") from e
     _check_tree(tree, path)
-    return tree
+    return {module: {p: v.view(np.ndarray) for p, v in params.items()} for module, params in tree.items()}
 
 
 def _check_tree(tree: Any, path: str | os.PathLike) -> None:

@@ -28,7 +28,8 @@ from timm.models import resolve_pretrained_cfg
 from ..atomic_files import atomic_path
 from ..timm_private import hf_split, pretrained_source
 from .errors import CheckpointError, WeightsUnavailableError
-from .files import check_readable, check_sha256
+from .checkpoints import check_torch_checkpoint
+from .files import check_sha256
 from .state_dict_fit import check_fits
 from .manifest import Checkpoint, manifest
 
@@ -112,7 +113,7 @@ def _fetch_url(url: str, cache_dir, expected: str | None, entry: Checkpoint | No
 def _check(path: Path, expected: str | None, entry: Checkpoint | None) -> None:
     if expected:
         check_sha256(path, expected, _what(entry))
-    check_readable(path)
+    check_torch_checkpoint(path)
 
 
 def _check_or_evict(path: Path, expected: str | None, entry: Checkpoint | None, cache: Path) -> None:
