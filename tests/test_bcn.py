@@ -1,4 +1,5 @@
-"""Batch-Channel Normalization: equations, estimated statistics, distributed synchronization."""
+"""Batch-Channel Normalization: equations, estimated statistics, per-process and synchronized
+statistics under torch.distributed."""
 import socket
 
 import pytest
@@ -6,7 +7,9 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from nfzoo.downstream import use_estimated_batch_stats
 from nfzoo.layers import BatchChannelNorm2d
+from nfzoo.layers.bcn import synchronize_batch_stats
 from ws_reference import reference_norm
 
 C = 64
@@ -51,6 +54,19 @@ def test_authors_layout():
 def test_batch_part_defaults():
     pbn = BatchChannelNorm2d(C).pbn
     assert (pbn.momentum, pbn.eps) == (0.1, 1e-5)
+    assert not pbn.synchronize and not BatchChannelNorm2d(C, batch_stats="estimate").pbn.synchronize
+
+
+def test_estimates_are_frozen_by_default():
+    """The authors' moving speed is 0: training leaves the estimates as they are and normalizes
+    with them, exactly as eval does; converting a model keeps that default."""
+    layer, x = _layer("estimate").train(), _input()
+    before = {k: v.clone() for k, v in layer.pbn.state_dict().items()}
+    out = layer(x)
+    assert all(torch.equal(v, layer.pbn.state_dict()[k]) for k, v in before.items())
+    torch.testing.assert_close(out, layer.eval()(x), rtol=0, atol=0)
+    converted = use_estimated_batch_stats(torch.nn.Sequential(_layer("batch")))
+    assert converted[0].pbn.estbn_moving_speed.item() == 0.0
 
 
 def test_bad_arguments():
@@ -162,23 +178,49 @@ def _train_step(layer: BatchChannelNorm2d, x: torch.Tensor, target: torch.Tensor
                 running_mean=layer.pbn.running_mean.clone(), running_var=layer.pbn.running_var.clone())
 
 
+SPLIT = [3, 2]  # unequal batches: the global statistics must weight them by size
+
+
+def _share(rank: int) -> slice:
+    return slice(sum(SPLIT[:rank]), sum(SPLIT[:rank + 1]))
+
+
 def _worker(rank: int, world: int, port: int, x: torch.Tensor, target: torch.Tensor, results: str):
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     try:
         torch.set_num_threads(1)
-        split = [3, 2]  # unequal batches: the global statistics must weight them by size
-        mine = slice(sum(split[:rank]), sum(split[:rank + 1]))
-        out = {kind: _train_step(_layer(kind, moving_speed=0.3), x[mine], target[mine])
-               for kind in ("batch", "estimate")}
+        mine = _share(rank)
+        synced = {"batch": _layer("batch", synchronize=True),  # the constructor's option ...
+                  "estimate": synchronize_batch_stats(_layer("estimate", moving_speed=0.3))}  # ... and the converter
+        out = {kind: _train_step(layer, x[mine], target[mine]) for kind, layer in synced.items()}
+        out |= {f"{kind}_default": _train_step(_layer(kind, moving_speed=0.3), x[mine], target[mine])
+                for kind in ("batch", "estimate")}
         torch.save(out, f"{results}/{rank}.pt")
     finally:
         dist.destroy_process_group()
 
 
-def test_synchronized_statistics_match_one_process(tmp_path):
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory):
+    """What each of two gloo processes computed, from its share of one batch."""
+    tmp_path = tmp_path_factory.mktemp("bcn_ddp")
     x, target = _input(5), torch.randn(5, C, 5, 5)
     mp.spawn(_worker, args=(2, _free_port(), x, target, str(tmp_path)), nprocs=2, join=True)
-    ranks = [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+    return x, target, [torch.load(tmp_path / f"{r}.pt") for r in range(2)]
+
+
+def test_default_statistics_are_each_process_own(two_processes):
+    """By default (the release's nn.DataParallel), each process normalizes with its own batch."""
+    x, target, ranks = two_processes
+    for kind in ("batch", "estimate"):
+        for rank, result in enumerate(ranks):
+            alone = _train_step(_layer(kind, moving_speed=0.3), x[_share(rank)], target[_share(rank)])
+            for key in ("out", "x_grad", "running_mean", "running_var"):
+                torch.testing.assert_close(result[f"{kind}_default"][key], alone[key], rtol=1e-5, atol=1e-6)
+
+
+def test_synchronized_statistics_match_one_process(two_processes):
+    x, target, ranks = two_processes
     for kind in ("batch", "estimate"):
         single = _train_step(_layer(kind, moving_speed=0.3), x, target)
         parts = [r[kind] for r in ranks]
@@ -189,3 +231,8 @@ def test_synchronized_statistics_match_one_process(tmp_path):
             torch.testing.assert_close(p["running_var"], single["running_var"])
         for name, grad in single["grads"].items():  # what DDP would all-reduce
             torch.testing.assert_close(parts[0]["grads"][name] + parts[1]["grads"][name], grad, rtol=1e-4, atol=1e-4)
+
+
+def test_synchronize_needs_bcn_layers():
+    with pytest.raises(ValueError, match="no BatchChannelNorm2d"):
+        synchronize_batch_stats(torch.nn.Sequential(torch.nn.BatchNorm2d(C)))

@@ -1,6 +1,8 @@
 """NFNet-F0 ... F7: size, cost, numerical agreement with timm and with DeepMind's equations,
 pretrained loading from an offline Hub cache, and timm's model interface."""
 import math
+import re
+from pathlib import Path
 
 import pytest
 import timm
@@ -11,7 +13,7 @@ from safetensors.torch import save_file
 from torch.utils.flop_counter import FlopCounterMode
 
 import nfzoo
-from _nf_reference import nfnet_logits
+from _nf_reference import NFNET_PARAMS, nfnet_logits, nfnet_param_count
 from nfzoo.models._checkpoint_filter import checkpoint_filter_fn
 from nfzoo.weights.loading import fitting_filter
 from nfzoo.models.nfnet import NFNet, NFNetCfg
@@ -23,6 +25,9 @@ PUBLISHED = {
     4: (316.07, 215.24, 512), 5: (377.21, 289.76, 544), 6: (438.36, 377.28, 576),
 }
 F7_APPROX = (499.5, 478.8, 608)
+# every FN and FN+ of base.py's nfnet_params, by zoo name
+DEEPMIND_NAMES = {f"nfnet_{k[:2].lower()}{'_plus' if k.endswith('+') else ''}": k for k in NFNET_PARAMS}
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "models.md"
 
 
 def meta_model(name: str, **kw) -> nn.Module:
@@ -298,3 +303,57 @@ def test_output_stride_dilates_as_timm(output_stride):
         assert a.shape == b.shape and max_rel_diff(a, b) < 1e-4
     with pytest.raises(ValueError, match="output_stride=4 is not allowed; it must be 8, 16 or 32"):
         meta_model("nfnet_f0", output_stride=4)
+
+
+@pytest.mark.parametrize("name", sorted(DEEPMIND_NAMES))
+def test_params_are_deepminds_definition(name):
+    """Every FN and FN+ has the parameter count of nfnet.py's NFNet at base.py's widths and depths
+    (counted from that definition); docs/models.md states the FN+ counts."""
+    count = sum(p.numel() for p in meta_model(name).parameters())
+    assert count == nfnet_param_count(DEEPMIND_NAMES[name])
+    if name.endswith("_plus"):
+        documented = re.search(rf"^\| `{name}` \| ([\d,]+) \|", DOCS.read_text(), re.M)
+        assert documented is not None, f"docs/models.md has no parameter count for {name}"
+        assert int(documented.group(1).replace(",", "")) == count
+
+
+@pytest.fixture(scope="module")
+def f0_plus():
+    """nfnet_f0_plus at its widths (one block per stage to keep it fast), float64, every parameter
+    random, and its state dict."""
+    sd = {k: v.double() for k, v in random_state_dict(meta_model("nfnet_f0_plus", depths=(1, 1, 1, 1)).state_dict(),
+                                                        seed=3).items()}
+    return load_through_filter("nfnet_f0_plus", sd, depths=(1, 1, 1, 1)), sd
+
+
+@torch.no_grad()
+def test_plus_forward_is_deepminds_equations(f0_plus):
+    model, sd = f0_plus
+    assert [i["num_chs"] for i in model.feature_info] == [64, 384, 768, 2048, 4096]
+    assert model.stem.conv4.out_channels == 192 and model.stages[0][0].conv2.out_channels == 128
+    x = torch.randn(1, 3, 41, 33, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    expected = nfnet_logits(x, sd, (1, 1, 1, 1))
+    torch.testing.assert_close(model(x), expected, rtol=1e-10, atol=1e-10 * expected.abs().max().item())
+
+
+@torch.no_grad()
+def test_plus_fuses(f0_plus):
+    model, _ = f0_plus
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    torch.testing.assert_close(nfzoo.fuse(model)(x), model(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("variant", range(8))
+def test_plus_cfgs_and_recipe_are_fns(variant):
+    """FN+ takes FN's sizes, crop, dropout and RandAugment level (base.py copies the FN row),
+    and has no weights."""
+    from nfzoo.train.augment import randaugment_magnitude
+
+    plus, fn = meta_model(f"nfnet_f{variant}_plus"), meta_model(f"nfnet_f{variant}")
+    for key in ("input_size", "test_input_size", "crop_pct", "crop_mode", "interpolation", "mean", "std"):
+        assert plus.pretrained_cfg.get(key) == fn.pretrained_cfg.get(key), key
+    assert plus.drop_rate == fn.drop_rate and plus.cfg.depths == fn.cfg.depths
+    assert randaugment_magnitude(f"nfnet_f{variant}_plus") == randaugment_magnitude(f"nfnet_f{variant}") is not None
+    assert not timm.list_pretrained(f"nfnet_f{variant}_plus*")
+    with pytest.raises(RuntimeError, match="No pretrained weights exist"):
+        meta_model(f"nfnet_f{variant}_plus", pretrained=True)

@@ -15,9 +15,11 @@ from ..layers import BatchChannelNorm2d, EstimatedBatchNorm2d
 __all__ = ["use_estimated_batch_stats"]
 
 
-def use_estimated_batch_stats(model: nn.Module, moving_speed: float = 0.01) -> nn.Module:
+def use_estimated_batch_stats(model: nn.Module, moving_speed: float = 0.0) -> nn.Module:
     """Give every BCN layer of ``model`` an estimated-statistics batch part with ``moving_speed``,
-    starting from its current running statistics and affine parameters; in place, returns ``model``.
+    starting from its current running statistics and affine parameters and keeping whether it
+    synchronizes across processes; in place, returns ``model``. The default speed, 0, is the
+    authors': the estimates stay the running statistics the weights came with.
 
     Building the backbone with ``norm='bcn_ws_est'`` does the same from the start; this converts
     a model that exists already (e.g. a detector built over ``resnet50_bcn_ws`` with its released
@@ -32,7 +34,7 @@ def use_estimated_batch_stats(model: nn.Module, moving_speed: float = 0.01) -> n
         pbn = layer.pbn
         estimated = EstimatedBatchNorm2d(
             pbn.num_features, eps=pbn.eps, moving_speed=moving_speed, process_group=pbn.process_group,
-            device=pbn.running_mean.device, dtype=pbn.running_mean.dtype)
+            synchronize=pbn.synchronize, device=pbn.running_mean.device, dtype=pbn.running_mean.dtype)
         state = {k: v for k, v in pbn.state_dict().items() if k != "estbn_moving_speed"}
         estimated.load_state_dict(state)
         layer.pbn = estimated.train(pbn.training)

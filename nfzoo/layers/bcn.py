@@ -16,9 +16,12 @@ The batch part comes in two kinds, chosen by ``batch_stats``:
   gradient) and always normalizes with the estimates, so no gradient flows between samples
   and tiny batches give the same normalization as large ones.
 
-Under ``torch.distributed`` (initialized, world size > 1) the batch statistics seen in
-training are those of the global batch, like ``torch.nn.SyncBatchNorm``, on any backend
-(gloo on CPU included). Every process must then run the layer the same number of times.
+Batch statistics are each process's own by default, as in the release, which trained with
+``nn.DataParallel`` (statistics per GPU). With ``synchronize=True`` (or
+:func:`synchronize_batch_stats` on a built model), under ``torch.distributed`` (initialized,
+world size > 1) the statistics seen in training are those of the global batch, like
+``torch.nn.SyncBatchNorm``, on any backend (gloo on CPU included); every process must then run
+the layer the same number of times.
 """
 from __future__ import annotations
 
@@ -33,24 +36,27 @@ from torch.distributed.nn.functional import all_reduce as differentiable_all_red
 
 from .ghost_batch import lerp_sequence, split_micro_batches
 
-__all__ = ["BatchChannelNorm2d", "BatchStats", "EstimatedBatchNorm2d", "SyncedBatchNorm2d"]
+__all__ = ["BatchChannelNorm2d", "BatchStats", "EstimatedBatchNorm2d", "SyncedBatchNorm2d", "synchronize_batch_stats"]
 
 BatchStats = Literal["batch", "estimate"]
 
 
-def _synchronized(group: dist.ProcessGroup | None) -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+def _synchronized(module: nn.Module) -> bool:
+    """Whether ``module`` (a batch part with ``synchronize`` and ``process_group``) pools its
+    statistics over processes now."""
+    return (module.synchronize and dist.is_available() and dist.is_initialized()
+            and dist.get_world_size(module.process_group) > 1)
 
 
-def _channel_mean(x: torch.Tensor, group: dist.ProcessGroup | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _channel_mean(x: torch.Tensor, module: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-channel mean of ``x`` (N, C, ...) over every dim but C, and the number of elements
-    averaged; over the processes of ``group`` when distributed (differentiable: the gradient
-    is all-reduced back, as SyncBatchNorm's backward does)."""
+    averaged; over the processes of ``module.process_group`` when ``module`` synchronizes
+    (differentiable: the gradient is all-reduced back, as SyncBatchNorm's backward does)."""
     dims = [0, *range(2, x.dim())]
-    if not _synchronized(group):
+    if not _synchronized(module):
         return x.mean(dims), x.new_tensor(float(x.numel() // x.shape[1]))
     sums = torch.cat([x.sum(dims), x.new_tensor([float(x.numel() // x.shape[1])])])
-    sums = differentiable_all_reduce(sums, group=group)
+    sums = differentiable_all_reduce(sums, group=module.process_group)
     return sums[:-1] / sums[-1], sums[-1]
 
 
@@ -60,21 +66,24 @@ def _as_channels(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 @register_notrace_module  # FX keeps batch norms whole, as torch's own
 class SyncedBatchNorm2d(nn.BatchNorm2d):
-    """``nn.BatchNorm2d`` whose training statistics are those of the global batch under
-    ``torch.distributed`` (on any backend); otherwise exactly ``nn.BatchNorm2d``.
+    """``nn.BatchNorm2d`` that can take its training statistics from the global batch under
+    ``torch.distributed`` (``synchronize=True``, on any backend); otherwise exactly
+    ``nn.BatchNorm2d``, each process with its own statistics.
 
     The distributed path computes the mean, then the variance around it (two all-reduces of C
     values each), in float32, and updates the running variance with the unbiased global
     variance, as ``nn.SyncBatchNorm`` does.
     """
 
-    def __init__(self, num_features: int, *args, process_group: dist.ProcessGroup | None = None, **kwargs):
+    def __init__(self, num_features: int, *args, process_group: dist.ProcessGroup | None = None,
+                 synchronize: bool = False, **kwargs):
         super().__init__(num_features, *args, **kwargs)
         self.process_group = process_group
+        self.synchronize = synchronize
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not torch.jit.is_scripting():  # TorchScript runs single-process
-            if self.training and _synchronized(self.process_group):
+            if self.training and _synchronized(self):
                 return self._forward_synchronized(x)
         # nn.BatchNorm2d's own forward, which TorchScript cannot reach through super()
         momentum = 0.0 if self.momentum is None else self.momentum
@@ -90,8 +99,8 @@ class SyncedBatchNorm2d(nn.BatchNorm2d):
     def _forward_synchronized(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input_dim(x)
         xf = x.float()
-        mean, count = _channel_mean(xf, self.process_group)
-        var, _ = _channel_mean((xf - _as_channels(mean, x.dim())) ** 2, self.process_group)
+        mean, count = _channel_mean(xf, self)
+        var, _ = _channel_mean((xf - _as_channels(mean, x.dim())) ** 2, self)
         if self.track_running_stats:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -113,8 +122,8 @@ class EstimatedBatchNorm2d(nn.BatchNorm2d):
     ``running_var <- (1 - r) running_var + r mean((x - old running_mean)^2)`` per channel, then
     the output is normalized with the updated estimates,
     ``(x - running_mean) / sqrt(running_var + eps) * weight + bias``. Eval uses the estimates
-    unchanged. Under ``torch.distributed`` the update uses the global batch's moments, so the
-    estimates stay identical on every process.
+    unchanged. With ``synchronize=True``, under ``torch.distributed`` the update uses the global
+    batch's moments, so the estimates stay identical on every process.
 
     Given ``micro_batch``, a training batch is taken in as consecutive micro-batches of that many
     images, each updating the estimates and normalized with them in turn, as that many calls
@@ -123,24 +132,27 @@ class EstimatedBatchNorm2d(nn.BatchNorm2d):
     Args:
         moving_speed: ``r`` above. Stored in the buffer ``estbn_moving_speed`` (the authors'
             name), so that it travels with checkpoints; loading a checkpoint without it (e.g.
-            the released batch-statistics BCN weights) keeps this value. The authors' layer
-            defaults to 0 (frozen estimates, set by their training scripts); 0.01 here is an
-            assumption suited to fine-tuning from batch-statistics weights.
+            the released batch-statistics BCN weights) keeps this value. 0 (the authors'
+            default) freezes the estimates: training then normalizes with the running statistics
+            the weights came with; a speed above 0 lets them follow the data.
+        synchronize: pool the moments over the processes of ``process_group``.
     """
 
     def __init__(
         self,
         num_features: int,
         eps: float = 1e-5,
-        moving_speed: float = 0.01,
+        moving_speed: float = 0.0,
         process_group: dist.ProcessGroup | None = None,
         device=None,
         dtype=None,
         micro_batch: int | None = None,
+        synchronize: bool = False,
     ):
         super().__init__(num_features, eps=eps, device=device, dtype=dtype)
         self.register_buffer("estbn_moving_speed", torch.full((1,), float(moving_speed), device=device))
         self.process_group = process_group
+        self.synchronize = synchronize
         self.micro_batch = micro_batch
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -152,7 +164,7 @@ class EstimatedBatchNorm2d(nn.BatchNorm2d):
     def _forward_training(self, x):  # unannotated: TorchScript fails to resolve annotations of unused methods here
         self._check_input_dim(x)
         xs = split_micro_batches(x, self.micro_batch)
-        if len(xs) > 1 and _synchronized(self.process_group):
+        if len(xs) > 1 and _synchronized(self):
             raise ValueError("micro_batch splits a process's batch for single-process training; under "
                              "torch.distributed each process's batch is already its own: leave micro_batch unset")
         mean, var = self._update_estimates(xs)
@@ -168,7 +180,7 @@ class EstimatedBatchNorm2d(nn.BatchNorm2d):
         this call's backward reads)."""
         def channel_means(t: torch.Tensor) -> torch.Tensor:  # (k, C)
             if len(t) == 1:
-                return _channel_mean(t[0], self.process_group)[0].unsqueeze(0)
+                return _channel_mean(t[0], self)[0].unsqueeze(0)
             return t.mean((1, 3, 4))
 
         speed = self.estbn_moving_speed  # a tensor: no host read-back per call (a GPU sync)
@@ -199,12 +211,14 @@ class BatchChannelNorm2d(nn.Module):
         num_groups: 32 in the authors' models.
         batch_stats: ``'batch'`` for ordinary (synchronized) batch statistics, as the released
             ImageNet models; ``'estimate'`` for the estimated statistics of micro-batch training.
-        moving_speed: the estimates' moving speed ``r`` (``batch_stats='estimate'`` only).
+        moving_speed: the estimates' moving speed ``r`` (``batch_stats='estimate'`` only; 0, the
+            authors' default, freezes them).
         micro_batch: the estimates' micro-batches (``batch_stats='estimate'`` only; see
             :class:`EstimatedBatchNorm2d`).
         momentum: the batch part's running-statistics momentum (``batch_stats='batch'`` only).
-        process_group: the processes whose batches are pooled under torch.distributed
-            (default: all).
+        synchronize: pool the batch statistics over processes under torch.distributed; by
+            default each process uses its own batch, as the release (``nn.DataParallel``).
+        process_group: the processes whose batches are pooled (default: all).
     """
 
     def __init__(
@@ -214,11 +228,12 @@ class BatchChannelNorm2d(nn.Module):
         eps: float = 1e-5,
         batch_stats: BatchStats = "batch",
         momentum: float = 0.1,
-        moving_speed: float = 0.01,
+        moving_speed: float = 0.0,
         process_group: dist.ProcessGroup | None = None,
         device=None,
         dtype=None,
         micro_batch: int | None = None,
+        synchronize: bool = False,
     ):
         super().__init__()
         if num_channels % num_groups:
@@ -229,11 +244,12 @@ class BatchChannelNorm2d(nn.Module):
         if batch_stats == "batch" and micro_batch is not None:
             raise ValueError("micro_batch applies to batch_stats='estimate' only")
         if batch_stats == "batch":
-            self.pbn = SyncedBatchNorm2d(num_channels, eps=eps, momentum=momentum, process_group=process_group, **dd)
+            self.pbn = SyncedBatchNorm2d(num_channels, eps=eps, momentum=momentum, process_group=process_group,
+                                         synchronize=synchronize, **dd)
         elif batch_stats == "estimate":
             self.pbn = EstimatedBatchNorm2d(
                 num_channels, eps=eps, moving_speed=moving_speed, process_group=process_group,
-                micro_batch=micro_batch, **dd)
+                micro_batch=micro_batch, synchronize=synchronize, **dd)
         else:
             raise ValueError(f"batch_stats must be 'batch' or 'estimate', got {batch_stats!r}")
         self.num_channels = num_channels
@@ -251,3 +267,15 @@ class BatchChannelNorm2d(nn.Module):
 
     def extra_repr(self) -> str:
         return f"{self.num_channels}, num_groups={self.num_groups}, eps={self.eps}"
+
+
+def synchronize_batch_stats(model: nn.Module, process_group: dist.ProcessGroup | None = None) -> nn.Module:
+    """Make every BCN batch part of ``model`` pool its statistics over the processes of
+    ``process_group`` (default: all) under torch.distributed, as ``nn.SyncBatchNorm`` does; in
+    place, returns ``model``. Like ``nn.SyncBatchNorm.convert_sync_batchnorm`` for BCN backbones."""
+    parts = [m.pbn for m in model.modules() if isinstance(m, BatchChannelNorm2d)]
+    if not parts:
+        raise ValueError(f"{type(model).__name__} has no BatchChannelNorm2d layer to synchronize")
+    for pbn in parts:
+        pbn.synchronize, pbn.process_group = True, process_group
+    return model
