@@ -56,3 +56,19 @@ def test_committed_model_card_is_the_one_the_manifest_gives(tmp_path):
     card = (write_repo(tmp_path / "weights", NAME, tmp_path / "hub") / "README.md").read_text()
     assert "trained by nfzoo's own recipe" in card and f"| {entry.top1:.2f} |" in card
     assert card == (entry.file_path.parent / "README.md").read_text()
+
+
+def test_timm_reads_the_shipped_sample_through_its_class_map():
+    """timm's validate.py --class-map: its create_dataset and class-map reader find every image of
+    the sample, with the labels nfzoo's harness gives them."""
+    from timm.data import create_dataset
+
+    from nfzoo.evaluation.sources import open_source
+
+    sample = ROOT / "examples" / "fashion_mnist_sample"
+    dataset = create_dataset("", root=str(sample), class_map=str(sample / "class_map.txt"))
+    timm_labels = {str(Path(path).relative_to(sample)): label for path, label in dataset.reader.samples}
+    ours = open_source(sample, class_map=sample / "class_map.txt")
+    assert len(dataset) == len(ours) == checkpoint(NAME).eval_images == 500
+    assert timm_labels == dict(zip(ours.names, ours.labels))
+    assert sorted(set(timm_labels.values())) == list(range(10))

@@ -1,5 +1,6 @@
 """Top-1/top-5 as the harness counts them, against independent computations."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -86,3 +87,14 @@ def test_timm_bundled_real_labels_load():
 @pytest.mark.parametrize("delta1, delta5, ok", [(0.3, -0.3, True), (0.31, 0.0, False), (0.0, -0.5, False)])
 def test_check_tolerance(delta1, delta5, ok):
     assert check_row({"delta_top1": delta1, "delta_top5": delta5}, tolerance=0.3) is ok
+
+
+def test_the_progress_bar_shows_the_images_per_second_of_the_result(tmp_path, capsys):
+    """One definition of images/s: the bar's last figure is the result's (and the table's)."""
+    class_map = write_planted_folder(tmp_path / "data", odd_items(13))
+    model = PlantedModel()
+    capsys.readouterr()
+    result = evaluate(model, open_source(tmp_path / "data", class_map=class_map), eval_data_config(model),
+                      start("cpu"), EvalOptions(batch_size=4, workers=0, progress=True))
+    shown = re.findall(r"img/s=([0-9.]+)", capsys.readouterr().err)
+    assert shown and shown[-1] == f"{result.images_per_sec:.1f}"

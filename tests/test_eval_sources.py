@@ -90,3 +90,42 @@ def test_parquet_test_split_is_refused(tmp_path):
     _write_shard(tmp_path / "test.parquet", [(0, -1)], 1)
     with pytest.raises(EvaluationError, match="no labels"):
         open_source(tmp_path / "test.parquet")
+
+
+def test_conflicting_ground_truth_lines_are_refused(tmp_path):
+    name = val_file_name(1)
+    (tmp_path / "same.txt").write_text(f"{name} 3\n{name} 3\n")
+    assert read_ground_truth(tmp_path / "same.txt") == {name: 3}
+    (tmp_path / "conflict.txt").write_text(f"{name} 3\n{name} {SYNSETS[4]}\n")
+    with pytest.raises(EvaluationError, match="given twice, as 3 and as 4"):
+        read_ground_truth(tmp_path / "conflict.txt")
+    id_of = _devkit_meta(tmp_path / "meta.txt")
+    with open(tmp_path / "meta.txt", "a") as f:
+        f.write(f"1 {SYNSETS[999]}\n")  # ID 1 again, another synset
+    (tmp_path / "gt.txt").write_text(f"{id_of[SYNSETS[7]]}\n")
+    with pytest.raises(EvaluationError, match="given twice"):
+        read_ground_truth(tmp_path / "gt.txt", tmp_path / "meta.txt")
+
+
+def test_class_maps_are_read_as_timm_reads_them(tmp_path):
+    from timm.data.readers.class_map import load_class_map
+
+    from nfzoo.evaluation.labels import read_class_map
+
+    path = tmp_path / "map.txt"
+    path.write_text("cat\n dog \n\nfox\r\nn01440764\n")  # a blank line holds an index, as in timm
+    expected = load_class_map(str(path))
+    del expected[""]
+    assert read_class_map(path) == expected == {"cat": 0, "dog": 1, "fox": 3, "n01440764": 4}
+    path.write_text("cat\ndog\ncat\n")
+    with pytest.raises(EvaluationError, match="'cat' is given twice"):
+        read_class_map(path)
+
+
+def test_an_image_folder_names_images_by_their_path_in_it(tmp_path):
+    for name in ("cat", "dog"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        solid_image(0).save(tmp_path / "data" / name / "same.png")
+    (tmp_path / "map.txt").write_text("cat\ndog\n")
+    source = open_source(tmp_path / "data", class_map=tmp_path / "map.txt")
+    assert (source.names, source.labels) == (["cat/same.png", "dog/same.png"], [0, 1])
