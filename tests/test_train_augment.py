@@ -98,7 +98,7 @@ def test_crop_box_is_tensorflows(height, width):
 def test_crop_falls_back_to_deepminds_padded_centre_crop(monkeypatch):
     """When the sampled box is the whole image: _decode_and_center_crop's box, scale =
     min(H, W) / (size + 32) of the output size, offsets rounded up; pixels encode coordinates."""
-    height, width, size = 90, 130, 24
+    height, width, size = 92, 131, 24  # odd margins: the offsets round up
     rows, cols = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     img = Image.fromarray(np.stack([rows, cols, np.zeros_like(rows)], -1).astype(np.uint8))
     monkeypatch.setattr(crop_module, "sample_distorted_box", lambda h, w: (0, 0, h, w))

@@ -19,13 +19,11 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.SGD:
     return torch.optim.SGD(groups, lr=cfg.learning_rate(), momentum=cfg.momentum, nesterov=cfg.nesterov)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, steps_per_epoch: int) -> CosineLRScheduler:
+def build_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total: int, warmup: float) -> CosineLRScheduler:
     """DeepMind's ``WarmupCosineDecay`` (``nfnets/optim.py``), stepped per update (``step_update``):
-    linear warmup from 0 over ``warmup_epochs``, then a cosine to ``min_lr`` over the steps *after*
-    the warmup (timm's ``warmup_prefix=True``). The warmup length is not rounded to whole steps
-    (DeepMind's is 5 x 1281167 / 4096 = 1563.9 steps)."""
-    total = cfg.epochs * steps_per_epoch
-    warmup = cfg.warmup_epochs * steps_per_epoch
+    linear warmup from 0 over ``warmup`` steps, then a cosine to ``min_lr`` over the steps *after*
+    the warmup, up to step ``total`` (timm's ``warmup_prefix=True``). The warmup need not be a
+    whole number of steps (:mod:`nfzoo.train.steps` counts both as DeepMind does)."""
     return CosineLRScheduler(
         optimizer,
         t_initial=max(total - warmup, 1),  # a run shorter than its warmup only ever warms up
