@@ -12,8 +12,8 @@ import pytest
 import torch
 
 import nfzoo.atomic_files as atomic_files
-from nfzoo.atomic_files import (DiskFullError, atomic_dir, atomic_open, remove_stale_temporaries, write_atomic,
-                                write_files_atomic)
+from nfzoo.atomic_files import (DiskFullError, UnsafeOutputError, atomic_dir, atomic_open, remove_stale_temporaries,
+                                write_atomic, write_files_atomic)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -168,3 +168,49 @@ def test_the_harness_prints_its_results_when_it_cannot_write_them(tmp_path, caps
     rows = json.loads(out[out.index("["):])
     assert rows[0]["model"] == "resnet50_gn_ws" and rows[0]["images"] == 2
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_folder_that_holds_files_is_refused_unless_overwrite_and_then_only_its_files_are_replaced(tmp_path):
+    out = tmp_path / "repo"
+    (out / "sub").mkdir(parents=True)
+    (out / "keep.txt").write_text("mine")
+    (out / "card.md").write_text("old")
+    elsewhere = tmp_path / "elsewhere.md"
+    elsewhere.write_text("a file of the user's")
+    os.symlink(elsewhere, out / "link.md")
+    with pytest.raises(UnsafeOutputError, match="already holds files"):
+        with atomic_dir(out) as folder:
+            raise AssertionError("never reached")
+    with atomic_dir(out, overwrite=True) as folder:
+        for name in ("card.md", "link.md", "new.bin"):
+            (folder / name).write_text("new")
+    assert sorted(p.name for p in out.iterdir()) == ["card.md", "keep.txt", "link.md", "new.bin", "sub"]
+    assert (out / "keep.txt").read_text() == "mine" and (out / "card.md").read_text() == "new"
+    assert not (out / "link.md").is_symlink() and elsewhere.read_text() == "a file of the user's"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["elsewhere.md", "repo"]  # no temporary left
+
+
+def test_a_new_folder_appears_whole_and_an_empty_one_is_filled(tmp_path):
+    for out in (tmp_path / "new", tmp_path / "empty"):
+        if out.name == "empty":
+            out.mkdir()
+        with atomic_dir(out) as folder:
+            (folder / "a.txt").write_text("a")
+            assert not (out / "a.txt").exists()
+        assert [p.name for p in out.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.parametrize("case", ["a file", "a folder where a file goes", "inside the input", "above the input"])
+def test_outputs_that_would_replace_what_nfzoo_did_not_write_are_refused(tmp_path, case):
+    source = tmp_path / "input"
+    source.mkdir()
+    (source / "w.bin").write_bytes(b"w")
+    out = {"a file": source / "w.bin", "a folder where a file goes": tmp_path / "out",
+           "inside the input": source / "out", "above the input": tmp_path}[case]
+    if case == "a folder where a file goes":
+        (out / "a.txt").mkdir(parents=True)
+    before = sorted(str(p) for p in tmp_path.rglob("*"))
+    with pytest.raises(UnsafeOutputError):
+        with atomic_dir(out, overwrite=True, apart_from=[source]) as folder:
+            (folder / "a.txt").write_text("a")
+    assert sorted(str(p) for p in tmp_path.rglob("*")) == before

@@ -104,3 +104,20 @@ def test_a_full_digest_is_compared_in_full(tmp_path):
         check_sha256(path, wrong, "f")
     with pytest.raises(ChecksumError):
         check_sha256(path, digest[:8] + "0" * 56, "f")
+
+
+def test_evicting_through_a_symlinked_revision_folder_keeps_the_users_files(hf_cache, weights, manifest_entry, tmp_path):
+    """The snapshot's revision folder is a symlink to a folder of the user's: nothing in it is removed."""
+    _, path = weights
+    manifest_entry(hf_hub_id=REPO, sha256="0" * 64)
+    snapshot = add_to_hf_cache(hf_cache, REPO, {"model.safetensors": path})
+    users = tmp_path / "users_folder"
+    users.mkdir()
+    (users / "model.safetensors").write_bytes(path.read_bytes())
+    for p in snapshot.iterdir():
+        p.unlink()
+    snapshot.rmdir()
+    os.symlink(users, snapshot)
+    with pytest.raises(ChecksumError, match="outside the cache folder"):
+        build()
+    assert (users / "model.safetensors").read_bytes() == path.read_bytes()

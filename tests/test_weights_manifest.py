@@ -56,3 +56,11 @@ def test_nfnet_eval_resizes_to_test_size_plus_32(name):
     assert cfg["input_size"][-1] == test_size
     assert cfg["crop_mode"] == "squash"
     assert tuple(create_transform(**cfg).transforms[0].size) == (test_size + 32,) * 2
+
+
+def test_every_source_named_by_its_sha256_prefix_records_it():
+    """OpenMMLab names files ``<name>-<first 8 hex digits of the sha256>.pth``; the manifest records that prefix."""
+    named = {n: m[1] for n, e in manifest().items() if (m := re.search(r"-([0-9a-f]{8})\.pth$", e.source_url))}
+    assert named
+    for name, prefix in named.items():
+        assert manifest()[name].source_digest == ("sha256", prefix)

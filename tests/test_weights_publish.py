@@ -1,6 +1,7 @@
 """The authors' WS/BCN releases convert; converted weights publish to a folder that timm loads
 through hf-hub: (from an offline cache) and through file=."""
 import dataclasses
+import errno
 import json
 import os
 import re
@@ -14,6 +15,7 @@ import timm
 import torch
 
 import nfzoo  # noqa: F401
+from nfzoo.atomic_files import DiskFullError, UnsafeOutputError
 from hub_cache import add_to_hf_cache
 from nfzoo.weights import CheckpointError, ChecksumError, checkpoint, manifest
 from nfzoo.weights import publish
@@ -121,11 +123,11 @@ def test_card_of_the_verified_conversion_states_source_and_accuracy(published):
                  "license: other", "the source file's sha256 matches the nfzoo manifest's",
                  'timm.create_model("hf-hub:nfzoo/resnet50_gn_ws.jhu_in1k", pretrained=True)'):
         assert fact in card
-    assert_one_sha256_per_file(card, {record["source_sha256"], sha256_file(folder / "model.safetensors")})
+    assert_one_sha256_per_file(card, [record["source_sha256"], sha256_file(folder / "model.safetensors")])
 
 
-def assert_one_sha256_per_file(card: str, files: set[str]) -> None:
-    """The card names each file's sha256 once, and no other sha256 (the converted file is not published)."""
+def assert_one_sha256_per_file(card: str, files: list[str]) -> None:
+    """The card names the sha256 of each of ``files`` once, and no other (the converted file is not published)."""
     digests = re.findall(r"\b[0-9a-f]{64}\b", card)
     assert sorted(digests) == sorted(files), digests
 
@@ -228,3 +230,105 @@ def test_upload_creates_the_repo_and_uploads_the_folder(published, monkeypatch):
                      ("upload_folder", "nfzoo/resnet50_gn_ws.jhu_in1k", str(folder),
                       ["model.safetensors", "config.json", "README.md"])]
     assert url.endswith("/commit/1")
+
+
+# ----------------------------------------------------------------------------- provenance rules
+
+def _converted(tmp_path, name, **record):
+    """A weights file with a conversion record for ``name`` that names it; ``record`` adds digests."""
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"converted weights")
+    return weights, {"name": name, "sha256": sha256_file(weights), **record}
+
+
+def test_a_source_the_manifest_has_no_digest_for_is_not_verified(tmp_path):
+    """The JHU files have no recorded digest: whatever was converted, the card cannot vouch for it."""
+    entry = checkpoint("resnet50_gn_ws.jhu_in1k")
+    assert entry.source_digest is None
+    weights, record = _converted(tmp_path, entry.name, source_sha256="ab" * 32)
+    origin = publish.provenance(entry, weights, record)
+    assert not origin.verified and "records no digest" in origin.reason
+    card = publish.model_card(entry, origin, None, num_params=1, published_sha256="cd" * 32)
+    _states_nothing_of_the_source(card, entry)
+    assert_one_sha256_per_file(card, ["cd" * 32])
+
+
+@pytest.mark.parametrize("name, key", [("resnet50_gn_ws.mmlab_in1k", "source_sha256"),
+                                       ("nfnet_f0.dm_in1k", "source_md5")])
+def test_the_record_must_match_the_manifests_source_digest(tmp_path, name, key):
+    """OpenMMLab's sha256 prefix (from its file name) and DeepMind's md5 are what the record must match."""
+    entry = checkpoint(name)
+    algorithm, expected = entry.source_digest
+    assert key == f"source_{algorithm}"
+    full = expected + "0" * ((64 if algorithm == "sha256" else 32) - len(expected))
+    other = "f" + full[1:]
+    weights, record = _converted(tmp_path, name, **{"source_sha256": "12" * 32, key: full})
+    origin = publish.provenance(entry, weights, record)
+    assert origin.verified and entry.source_url in origin.source, origin
+    assert not publish.provenance(entry, weights, {**record, key: other}).verified
+    assert not publish.provenance(entry, weights, {k: v for k, v in record.items() if k != key}).verified
+
+
+# ----------------------------------------------------------------------------- the output folder
+
+@pytest.fixture
+def demo_weights(tmp_path):
+    """The shipped demo checkpoint (its sha256 is in the manifest) as a folder to publish."""
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    shutil.copyfile(checkpoint(DEMO).file_path, folder / "model.safetensors")
+    return folder
+
+
+DEMO = "nfnet_mini.nfzoo_fmnist"
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() if p.is_file() else None for p in sorted(folder.rglob("*"))}
+
+
+def test_publishing_into_a_folder_that_holds_files_keeps_them(demo_weights, tmp_path):
+    out = tmp_path / "hub"
+    (out / "sub").mkdir(parents=True)
+    (out / "precious.txt").write_text("mine")
+    (out / "README.md").write_text("an old card")
+    before = _tree(tmp_path)
+    with pytest.raises(UnsafeOutputError, match="already holds files"):
+        write_repo(demo_weights, DEMO, out)
+    assert _tree(tmp_path) == before
+    write_repo(demo_weights, DEMO, out, overwrite=True)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors", "precious.txt",
+                                                      "sub"]
+    assert (out / "precious.txt").read_text() == "mine" and "an old card" not in (out / "README.md").read_text()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_the_card_of_the_shipped_file_is_verified_and_names_each_sha256_once(demo_weights, tmp_path):
+    card = (write_repo(demo_weights, DEMO, tmp_path / "hub") / "README.md").read_text()
+    assert "Verified: the file's sha256 matches the nfzoo manifest's" in card
+    assert_one_sha256_per_file(card, [checkpoint(DEMO).sha256, sha256_file(tmp_path / "hub" / "model.safetensors")])
+
+
+@pytest.mark.parametrize("where", ["a file", "the weights folder", "inside it", "above it"])
+def test_an_output_folder_that_could_harm_the_input_is_refused(demo_weights, tmp_path, where):
+    out = {"a file": demo_weights / "model.safetensors", "the weights folder": demo_weights,
+           "inside it": demo_weights / "hub", "above it": tmp_path}[where]
+    before = _tree(tmp_path)
+    with pytest.raises(UnsafeOutputError):
+        write_repo(demo_weights, DEMO, out, overwrite=True)
+    assert _tree(tmp_path) == before
+
+
+def test_a_full_disk_while_publishing_leaves_nothing(demo_weights, tmp_path, monkeypatch):
+    real_open = open
+
+    def full(file, mode="r", *args, **kwargs):
+        if "w" in mode:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(file, mode, *args, **kwargs)
+
+    monkeypatch.setattr(publish, "open", full, raising=False)
+    out = tmp_path / "hub"
+    with pytest.raises(DiskFullError, match=f"no space left on the device while writing {out}"):
+        write_repo(demo_weights, DEMO, out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["weights"]

@@ -87,8 +87,8 @@ def _source_match(entry: Checkpoint, record: dict) -> tuple[str | None, str]:
     """``(source line, reason)``: the source line when the record's digest of the source matches
     the digest the manifest records for it, else None and why not."""
     if entry.source_digest is None:
-        return None, (f"the nfzoo manifest records no digest of the source file of {entry.name} "
-                      f"({entry.source_url}), so the file converted cannot be told from any other")
+        return None, (f"the nfzoo manifest records no digest of the source file of {entry.name}, so the file "
+                      "converted cannot be told from any other")
     algorithm, expected = entry.source_digest
     found = str(record.get(f"source_{algorithm}") or "")
     if not found or not found.startswith(expected):
