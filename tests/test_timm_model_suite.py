@@ -15,8 +15,11 @@ from timm.models import get_notrace_functions, get_notrace_modules
 import nfzoo
 
 # one model per block family, and nfnet_mini for its three stages (output stride 16)
-FAMILIES = ["nfnet_f0", "dm_nf_resnet152", "resnet50_gn_ws", "resnext50_32x4d_gn_ws", "resnet50_bcn_ws", "nfnet_mini"]
-SMALL = dict(nfnet_f0=dict(depths=(1, 1, 1, 1)), dm_nf_resnet152=dict(depths=(1, 1, 1, 1)), nfnet_mini=dict(in_chans=3))
+FAMILIES = ["nfnet_f0", "dm_nf_resnet152", "dm_nf_regnet_b0", "resnet50_gn_ws", "resnext50_32x4d_gn_ws",
+            "resnet50_bcn_ws", "nfnet_mini"]
+ONE_BLOCK_PER_STAGE = dict(depths=(1, 1, 1, 1))
+SMALL = dict(nfnet_f0=ONE_BLOCK_PER_STAGE, nfnet_f0_plus=ONE_BLOCK_PER_STAGE, dm_nf_resnet152=ONE_BLOCK_PER_STAGE,
+             dm_nf_regnet_b0=ONE_BLOCK_PER_STAGE, nfnet_mini=dict(in_chans=3))
 SIZE = 64
 
 
@@ -113,15 +116,12 @@ def test_input_checks_survive_tracing_and_scripting():
             runnable(wrong)
 
 
-# the NF-ResNets' stem pool is timm's MaxPool2dSame, a leaf only for timm's tracer (as in timm's own models)
-PLAIN_FX = [name for name in FAMILIES if "nf_resnet" not in name]
-
-
-@pytest.mark.parametrize("name", PLAIN_FX)
+@pytest.mark.parametrize("name", FAMILIES + ["nfnet_f0_plus"])
 def test_plain_fx_tools_trace_without_timms_tracer_settings(name):
     """Tools built on FX that know nothing of timm (``torch.fx.symbolic_trace``, torchvision's
-    ``create_feature_extractor`` called as its docs show) trace the zoo's WS convs and input
-    check, and the traced model computes the same values."""
+    ``create_feature_extractor`` called as its docs show) trace every family: the WS convs,
+    the SAME max-pool of the NF-ResNet stem and the input check; the traced model computes the
+    same values."""
     from torchvision.models.feature_extraction import create_feature_extractor, get_graph_node_names
 
     model = create(name, num_classes=10).eval()
