@@ -151,7 +151,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.recipe != DEFAULT_RECIPE:
-        parser.set_defaults(**RECIPES[args.recipe])
+        parser.set_defaults(**_recipe_defaults(args.recipe))
         args = parser.parse_args(argv)
     return args
 

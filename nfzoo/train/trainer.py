@@ -1,6 +1,7 @@
 """The training loop: one object owning everything a checkpoint must restore."""
 from __future__ import annotations
 
+import logging
 import math
 import random
 import time
@@ -45,6 +46,19 @@ RESUME_HONOURS = frozenset({"epochs", "eval_every", "ckpt_every", "log_every", "
                             "micro_batch", "stop_on_nonfinite", "output_dir", "resume", "data_dir"})
 # model_config entries that must match for a checkpoint's weights to fit the model
 _MODEL_IDENTITY = ("architecture", "num_classes", "in_chans", "label_names")
+
+
+class _OneStepDecay(logging.Filter):
+    """Drops timm's "Cosine annealing scheduler will have no effect" warning, which it gives for a
+    cosine of ``t_initial`` 1 on the assumption that t counts epochs. The trainer counts steps: a
+    decay of one step (a run one step longer than its warmup) ends at ``min_lr`` as it should.
+    Warmups longer than the run, the usual cause, are refused by :class:`TrainConfig`."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "will have no effect" not in record.getMessage()
+
+
+logging.getLogger("timm.scheduler.cosine_lr").addFilter(_OneStepDecay())
 
 
 class Trainer:
