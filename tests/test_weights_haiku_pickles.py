@@ -11,17 +11,21 @@ import codecs
 import collections
 import pickle
 import random
+import re
+import struct
 import sys
 import types
 
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
 from numpy._core.multiarray import _reconstruct
 
 from haiku_nfnet import make_tree
 from nfzoo.weights import CheckpointError
 from nfzoo.weights.haiku import _ArraysOnlyUnpickler, haiku_to_state_dict, load_haiku_params
+from pickle_helpers import CALLS, Call, opcode_streams, peak_bytes, record
 from test_weights_haiku import DEPTHS, GROUP_WIDTH, WIDTHS, small_nfnet
 
 HAIKU = "haiku._src.data_structures"
@@ -225,3 +229,98 @@ def test_the_allowlist_is_exactly_numpy_codecs_haiku_mappings_and_dill_reference
         (HAIKU, "FlatMapping"), (HAIKU, "frozendict"), ("collections", "OrderedDict"),
         ("dill._dill", "_import_module"), ("dill._dill", "_get_attr"),
     }
+
+
+def _bound(size):
+    """What reading a file of ``size`` bytes may allocate: the budget for what the allowed
+    globals build (twice the size, plus 1 MiB), and the pickle's own objects (a few times the size)."""
+    return 2 * size + (1 << 20) + 32 * size
+
+
+def _refused_within(path, bound):
+    """load_haiku_params(path) raises the budget's CheckpointError, peaking under ``bound`` bytes."""
+    refused, peak = peak_bytes(load_haiku_params, path)
+    assert isinstance(refused, CheckpointError) and "more memory than its own size" in str(refused), refused
+    assert peak < bound
+
+
+def _unrestricted_peak(path):
+    return peak_bytes(lambda: pickle.loads(path.read_bytes()))[1]
+
+
+def test_a_void_scalar_without_data_is_charged_its_itemsize(tmp_path):
+    path = tmp_path / "F_haiku.npz"
+    path.write_bytes(b"\x80\x02cnumpy.core.multiarray\nscalar\ncnumpy\ndtype\nX\x09\x00\x00\x00V16777216\x85R\x85R.")
+    assert _unrestricted_peak(path) >= 16 << 20  # a 65-byte file
+    _refused_within(path, _bound(path.stat().st_size))
+
+
+def test_copies_of_one_mapping_are_charged_each(tmp_path, haiku_names):
+    params = {f"p{i}": 1.0 for i in range(2000)}
+    path = tmp_path / "F_haiku.npz"
+    path.write_bytes(pickle.dumps({"NFNet/~/linear": [Call(haiku_names["FlatMapping"], params) for _ in range(300)]}))
+    assert _unrestricted_peak(path) > 10 * path.stat().st_size
+    _refused_within(path, _bound(path.stat().st_size))
+
+
+@pytest.mark.parametrize("dtype", ["<f4", ">f4"], ids=["shared", "byte-swapped"])
+def test_array_states_sharing_one_bytes_object_are_charged_each(tmp_path, dtype):
+    raw = bytes(1 << 19)
+    arrays = [Call(_reconstruct, np.ndarray, (0,), b"b", state=(1, (1 << 17,), np.dtype(dtype), False, raw))
+              for _ in range(64)]
+    path = tmp_path / "F_haiku.npz"
+    path.write_bytes(pickle.dumps({"NFNet/~/linear": arrays}, protocol=4))
+    assert path.stat().st_size < 2 * len(raw)
+    if dtype == ">f4":  # numpy copies the bytes of each
+        assert _unrestricted_peak(path) >= 32 << 20
+    _refused_within(path, _bound(path.stat().st_size))
+
+
+@pytest.mark.parametrize("opcode", [b"T" + struct.pack("<i", 1 << 28), b"B" + struct.pack("<I", 1 << 28),
+                                    b"\x96" + struct.pack("<Q", 1 << 28)], ids=["BINSTRING", "BINBYTES", "BYTEARRAY8"])
+def test_a_length_beyond_the_end_of_the_file_is_refused_before_it_is_allocated(tmp_path, opcode):
+    path = tmp_path / "F_haiku.npz"
+    path.write_bytes(b"\x80\x05" + opcode + b"xx.")
+    refused, peak = peak_bytes(load_haiku_params, path)
+    assert isinstance(refused, CheckpointError) and "truncated" in str(refused), refused
+    assert peak < 1 << 20
+
+
+@pytest.mark.parametrize("name", ["numpy.load", "numpy.lib.format.read_array", "numpy.nfzoo_probe.record"])
+def test_an_unlisted_numpy_global_is_refused_and_never_called(tmp_path, monkeypatch, name):
+    probe = types.ModuleType("numpy.nfzoo_probe")
+    probe.record = record
+    monkeypatch.setitem(sys.modules, "numpy.nfzoo_probe", probe)
+    module, function = name.rsplit(".", 1)
+    path = tmp_path / "F_haiku.npz"
+    path.write_bytes(b"\x80\x02c" + f"{module}\n{function}\n".encode() + b"X\x01\x00\x00\x00x\x85R.")
+    CALLS.clear()
+    with pytest.raises(CheckpointError, match=f"refusing to load global {re.escape(name)}"):
+        load_haiku_params(path)
+    assert CALLS == []
+
+
+HAIKU_GLOBALS = [b"numpy._core.multiarray\n_reconstruct", b"numpy.core.multiarray\nscalar", b"numpy\nndarray",
+                 b"numpy\ndtype", b"numpy._core.numeric\n_frombuffer", b"_codecs\nencode",
+                 b"haiku._src.data_structures\nFlatMapping", b"collections\nOrderedDict", b"dill._dill\n_get_attr",
+                 b"dill._dill\n_import_module", b"pickle_helpers\nrecord", b"numpy\nload", b"os\nsystem"]
+HAIKU_TEXTS = [b"f4", b">f4", b"V16777216", b"O", b"U4000000", b"latin1", b"NFNet/~/linear", b"w", b"numpy", b"b"]
+_DTYPE = b"cnumpy\ndtype\nX\x03\x00\x00\x00>f4\x85R"
+HAIKU_SNIPPETS = [
+    b"cnumpy.core.multiarray\nscalar\ncnumpy\ndtype\nX\x09\x00\x00\x00V16777216\x85R\x85R",
+    b"cnumpy._core.multiarray\n_reconstruct\ncnumpy\nndarray\nK\x00\x85C\x01b\x87R",
+    b"(K\x01J\x00\x00\x00\x01\x85" + _DTYPE + b"\x89C\x10" + bytes(16) + b"tb",
+    b"cnumpy\nndarray\nJ\x00\x00\x00\x10\x85" + _DTYPE + b"\x86R",
+    b"chaiku._src.data_structures\nFlatMapping\n}K\x01K\x02s\x85R", b"cpickle_helpers\nrecord\n)R",
+]
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(stream=opcode_streams(HAIKU_GLOBALS, HAIKU_TEXTS, HAIKU_SNIPPETS))
+def test_any_opcode_stream_is_read_or_refused_within_the_budget_and_runs_nothing(tmp_path, stream):
+    path = tmp_path / "F_haiku.npz"
+    path.write_bytes(stream)
+    result, peak = peak_bytes(load_haiku_params, path)
+    assert not isinstance(result, Exception) or isinstance(result, CheckpointError), repr(result)
+    assert peak < _bound(len(stream)) + (1 << 18)
+    assert CALLS == []

@@ -40,7 +40,7 @@ import torch
 from timm.models import clean_state_dict
 
 from .errors import CheckpointError
-from .files import AllocationBudget, checkpoint_format, check_readable
+from .files import AllocationBudget, BoundedReader, checkpoint_format, check_readable
 
 __all__ = ["load_torch_file", "load_torch_state_dict", "check_torch_checkpoint", "PICKLE_FACTOR",
            "PICKLE_SLACK"]
@@ -101,7 +101,7 @@ def _dtype_names() -> frozenset[str]:
 
 def _ints(value: Any, what: str) -> tuple[int, ...]:
     if not isinstance(value, tuple) or not all(type(n) is int and n >= 0 for n in value):
-        raise _Refused(f"{what} is not a tuple of non-negative ints")
+        raise _Refused(f"{what} that is not a tuple of non-negative ints")
     return value
 
 
@@ -111,7 +111,7 @@ def _rebuild_tensor(budget: AllocationBudget, storage: Any, offset: Any, size: A
         raise _Refused("a tensor is rebuilt from something other than a stored storage")
     size, stride = _ints(size, "a tensor's size"), _ints(stride, "a tensor's stride")
     if len(size) != len(stride):
-        raise _Refused("a tensor's size and stride differ in length")
+        raise _Refused("a tensor whose size and stride differ in length")
     budget.charge(_TENSOR_BYTES + 2 * _POINTER * len(size), "a tensor")
     return _Built("tensor")
 
@@ -231,7 +231,7 @@ class _Scan:
                 n = int(name[-1])
                 items = tuple(stack[-n:])
                 if len(items) != n:
-                    raise _Refused(f"{name} on a stack of {len(stack)}")
+                    raise _Refused(f"a {name} on a stack of {len(stack)} item(s)")
                 stack[-n:] = [self.charge_new(items, "a tuple")]
             elif name in ("APPEND", "SETITEM"):
                 items = [stack.pop()] if name == "APPEND" else [stack.pop(-2), stack.pop()]
@@ -241,7 +241,7 @@ class _Scan:
                 memo[arg] = stack[-1]
             elif name in ("BINGET", "LONG_BINGET"):
                 if arg not in memo:
-                    raise _Refused(f"memo entry {arg} is read before it is written")
+                    raise _Refused(f"a read of memo entry {arg} before it is written")
                 self.budget.charge(_POINTER, "a memo reference")
                 stack.append(memo[arg])
             elif name == "REDUCE":
@@ -259,9 +259,9 @@ class _Scan:
             elif name in _LITERALS:
                 stack.append(self.charge_new(arg, name))
             else:  # NEWOBJ and every opcode torch's weights-only unpickler does not read
-                raise _Refused(f"opcode {name}")
+                raise _Refused(f"the opcode {name}")
         if len(stack) != 1 or marks:
-            raise _Refused("the pickle does not end with exactly one object")
+            raise _Refused("other than exactly one object at its end")
 
     def extend(self, target: Any, items: list[Any], op: str) -> None:
         before = sys.getsizeof(target)
@@ -293,7 +293,7 @@ class _Scan:
         if key not in self.storages:
             available = self.storage_bytes(key)
             if nbytes > available:
-                raise _Refused(f"storage {key} declares {nbytes} bytes, the file holds {available} for it")
+                raise _Refused(f"a storage ({key}) declaring {nbytes} bytes where the file holds {available} for it")
             self.storages[key] = nbytes
         self.budget.charge(_STORAGE_BYTES, "a storage")
         return _Storage(key, nbytes)
@@ -314,26 +314,7 @@ def _global(module: str, name: str) -> _Global:
     name = f"{IMPORT_MAPPING.get(module, module)}.{name}"
     if name in _CALLS or name in _storage_itemsizes() or name in _dtype_names():
         return _Global(name)
-    raise _Refused(f"global {name}")
-
-
-class _BoundedReader:
-    """A file's first ``size`` bytes, never reading past them (so a declared string length can
-    never make a read allocate more than the file holds)."""
-
-    def __init__(self, f: IO[bytes], size: int):
-        self.f, self.size = f, size
-
-    def read(self, n: int = -1) -> bytes:
-        left = self.size - self.f.tell()
-        return self.f.read(left if n < 0 else min(n, left))
-
-    def readline(self, limit: int = -1) -> bytes:
-        left = self.size - self.f.tell()
-        return self.f.readline(left if limit < 0 else min(limit, left))
-
-    def tell(self) -> int:
-        return self.f.tell()
+    raise _Refused(f"the global {name}")
 
 
 def _scan_zip(path: Path) -> None:
@@ -342,7 +323,7 @@ def _scan_zip(path: Path) -> None:
         prefix = members[0].filename.split("/", 1)[0] if members else ""
         sizes = {m.filename: m.file_size for m in members}
         if f"{prefix}/data.pkl" not in sizes:
-            raise _Refused("no data.pkl")
+            raise zipfile.BadZipFile("no data.pkl member")
         data = archive.read(f"{prefix}/data.pkl")
     _Scan(io.BytesIO(data), AllocationBudget(PICKLE_SLACK, PICKLE_FACTOR),
           lambda key: sizes.get(f"{prefix}/data/{key}", 0)).pickle()
@@ -353,14 +334,14 @@ def _scan_legacy(path: Path) -> None:
     object, the storage keys; then each storage as an 8-byte count and its bytes."""
     size = path.stat().st_size
     with open(path, "rb") as f:
-        reader = _BoundedReader(f, size)
+        reader = BoundedReader(f, size)
         scan = _Scan(reader, AllocationBudget(PICKLE_SLACK, PICKLE_FACTOR), lambda key: size)
         for _ in range(5):
             scan.pickle()
         data_bytes = size - reader.tell()
     declared = sum(scan.storages.values()) + _POINTER * len(scan.storages)
     if declared > data_bytes:
-        raise _Refused(f"storages of {declared} bytes, but the file holds {data_bytes} after its pickles")
+        raise _Refused(f"storages declaring {declared} bytes where the file holds {data_bytes} after its pickles")
 
 
 def check_torch_checkpoint(path: str | os.PathLike) -> None:

@@ -7,14 +7,14 @@ import os
 import pickle
 import zipfile
 from pathlib import Path
-from typing import Literal
+from typing import IO, Literal
 
 from safetensors import SafetensorError, safe_open
 
 from .errors import ChecksumError, CheckpointError
 
 __all__ = ["file_digest", "sha256_file", "check_sha256", "check_digest", "check_readable", "checkpoint_format",
-           "AllocationBudget"]
+           "AllocationBudget", "BoundedReader"]
 
 
 def file_digest(path: str | os.PathLike, algorithm: str = "sha256") -> str:
@@ -68,6 +68,26 @@ class AllocationBudget:
         self.spent += nbytes
         if self.spent > self.slack + self.factor * self.position:
             raise self.Exceeded(f"{what} would make the file allocate more memory than its own size accounts for")
+
+
+class BoundedReader:
+    """A file's first ``size`` bytes, never read past: a length a pickle declares can never make
+    a read allocate more than the file holds (``pickletools.genops`` reads each argument with
+    one ``read(n)``, and a buffered file allocates ``n`` bytes before it reads)."""
+
+    def __init__(self, f: IO[bytes], size: int):
+        self.f, self.size = f, size
+
+    def read(self, n: int = -1) -> bytes:
+        left = self.size - self.f.tell()
+        return self.f.read(left if n < 0 else min(n, left))
+
+    def readline(self, limit: int = -1) -> bytes:
+        left = self.size - self.f.tell()
+        return self.f.readline(left if limit < 0 else min(limit, left))
+
+    def tell(self) -> int:
+        return self.f.tell()
 
 
 def checkpoint_format(path: Path) -> Literal["zip", "safetensors", "legacy"]:

@@ -33,6 +33,7 @@ import codecs
 import math
 import os
 import pickle
+import pickletools
 import re
 import sys
 from typing import IO, Any
@@ -42,7 +43,7 @@ import torch
 import torch.nn as nn
 
 from .errors import CheckpointError
-from .files import AllocationBudget
+from .files import AllocationBudget, BoundedReader
 
 __all__ = ["load_haiku_params", "haiku_to_state_dict", "HaikuTree"]
 
@@ -81,7 +82,9 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     numpy's C functions as ``dill._dill._get_attr(dill._dill._import_module(module), name)``;
     those two helpers are answered only for the numpy functions allowed here. Every object the
     file builds is charged to an :class:`~nfzoo.weights.files.AllocationBudget` of twice the
-    file's size.
+    file's size. Python's unpickler allocates the length a bytes opcode declares before reading
+    the bytes, so :func:`load_haiku_params` first checks, with :func:`pickletools.genops` (which
+    runs nothing), that every declared length lies in the file.
     """
 
     def __init__(self, file: IO[bytes], file_size: int):
@@ -190,7 +193,11 @@ def load_haiku_params(path: str | os.PathLike) -> HaikuTree:
     """
     try:
         with open(path, "rb") as f:
-            tree = _ArraysOnlyUnpickler(f, os.fstat(f.fileno()).st_size).load()
+            size = os.fstat(f.fileno()).st_size
+            for _ in pickletools.genops(BoundedReader(f, size)):
+                pass  # every length the pickle declares lies in the file (see _ArraysOnlyUnpickler)
+            f.seek(0)
+            tree = _ArraysOnlyUnpickler(f, size).load()
     except pickle.UnpicklingError as e:
         raise CheckpointError(f"{path}: not a Haiku weights pickle, refused ({e}).") from e
     except OSError:
