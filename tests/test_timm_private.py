@@ -52,3 +52,13 @@ def test_hf_split():
 ])
 def test_feature_take_indices(indices, expected):
     assert timm_private.feature_take_indices(5, indices) == expected, HINT.format("feature_take_indices")
+
+
+def test_save_config_for_hf_writes_the_config_of_save_for_hf(tmp_path):
+    import nfzoo  # noqa: F401  (nfnet_mini)
+
+    model = timm.create_model("nfnet_mini")
+    timm.models.save_for_hf(model, tmp_path / "timm", safe_serialization=True)
+    timm_private.save_config_for_hf(model, tmp_path / "config.json")
+    written = (tmp_path / "timm" / "config.json").read_text()
+    assert (tmp_path / "config.json").read_text() == written, HINT.format("save_config_for_hf")
