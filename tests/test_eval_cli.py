@@ -309,15 +309,18 @@ def test_a_training_checkpoint_refuses_another_architecture(tmp_path, capsys):
                           capsys, "holds a test_resnet")
 
 
-def test_a_plain_state_dict_of_another_class_count_is_named_and_loads_with_num_classes(data, tmp_path, capsys):
+def test_a_plain_state_dict_of_another_class_count_is_named_and_loads_with_num_classes(data, tmp_path, capsys,
+                                                                                        monkeypatch):
     root, class_map = data
     path = tmp_path / "sd.pth"
-    torch.manual_seed(0)
-    torch.save(timm.create_model("test_resnet", num_classes=20).state_dict(), path)
+    torch.manual_seed(7)  # not the harness's seed: a fresh head would differ from the file's
+    weights = timm.create_model("test_resnet", num_classes=20).state_dict()
+    torch.save(weights, path)
     args = FAST + ["--data-dir", str(root), "--class-map", str(class_map), "--checkpoint", str(path)]
     line = assert_one_line_error(main, args, capsys)
     assert "fc.weight" in line and "(20, " in line and "(1000, " in line and "--num-classes" in line
-    assert main(args + ["--num-classes", "20"]) == 0
+    monkeypatch.setattr(cli, "create_model", _fail_unless_matching(cli.create_model, weights))
+    assert main(args + ["--num-classes", "20"]) == 0  # the file's classifier, not a fresh one
 
 
 def test_labels_beyond_the_model_classes_are_refused(data, tmp_path, capsys):
