@@ -166,3 +166,106 @@ def test_stochastic_depth_without_rescale():
     assert torch.all(out.flatten(1).amin(1) == kept)
     assert kept.mean().item() == pytest.approx(0.5, abs=0.05)
     assert torch.equal(drop.eval()(x), x)
+
+
+def _float32_two_pass(w, gain, kind):
+    """The float32 standardization op for op as two-pass statistics compute it unscaled: what an
+    ordinary weight must still get, bit for bit, from the overflow-safe statistics."""
+    flat = w.flatten(1)
+    n = flat.shape[1]
+    centered = flat - flat.mean(1, keepdim=True)
+    norm = torch.linalg.vector_norm(centered, dim=1, keepdim=True)
+    if kind == "deepmind":
+        return centered * (torch.rsqrt(torch.clamp(norm.square() / n * n, min=1e-4)) * gain.view(-1, 1))
+    if kind == "timm":
+        return centered * (torch.rsqrt(norm.square() / n + 1e-5) * n**-0.5 * gain.view(-1, 1))
+    var = norm.square() / (n - 1)
+    return centered / (torch.sqrt(torch.clamp(var, min=1e-30)) + 1e-5 if kind == "std" else torch.sqrt(var + 1e-5))
+
+
+def _ws_layer(kind, cin=8, cout=6, k=3):
+    if kind in ("deepmind", "timm"):
+        return ScaledStdConv2d(cin, cout, k, numerics=kind)
+    return WSConv2d(cin, cout, k, eps_in=kind)
+
+
+KINDS = ["deepmind", "timm", "std", "var"]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_ordinary_weights_standardize_as_float32_two_pass(kind):
+    torch.manual_seed(0)
+    layer = _ws_layer(kind, 32, 64)
+    with torch.no_grad():
+        layer.weight.mul_(torch.rand(64, 1, 1, 1) * 4).add_(torch.randn(64, 1, 1, 1) * 0.1)
+        layer.weight[0].fill_(0.25)  # a constant filter
+        if kind in ("deepmind", "timm"):
+            layer.gain.uniform_(0.5, 1.5)
+    gain = getattr(layer, "gain", None)
+    expected = _float32_two_pass(layer.weight, gain, kind).view_as(layer.weight)
+    assert torch.equal(layer.standardized_weight(), expected)
+
+
+def _reference(w, kind):
+    """The standardized float64 weight from the equations (test_layers' references), gain 1."""
+    if kind in ("deepmind", "timm"):
+        return scaled_ws_reference(w, torch.ones(w.shape[0], 1, 1, 1, dtype=w.dtype), kind)
+    return ws_reference(w, kind)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("magnitude", [1e19, 1e33, 1e-30])
+def test_weights_of_any_float32_magnitude_standardize(kind, magnitude):
+    """Filters from 1e-30 to 1e33 (squares far outside float32's range), a constant one among
+    them, standardize as the float64 equations do, to float32 round-off."""
+    gen = torch.Generator().manual_seed(0)
+    layer = _ws_layer(kind)
+    w = torch.randn(6, 8, 3, 3, generator=gen, dtype=torch.float64) * magnitude
+    w[1] = magnitude  # constant: standardizes to 0
+    w[2] += 3 * magnitude  # a mean larger than the spread
+    with torch.no_grad():
+        layer.weight.copy_(w)
+    expected = _reference(layer.weight.double(), kind)
+    out = layer.standardized_weight()
+    assert torch.isfinite(out).all() and torch.all(out[1] == 0)
+    torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-6 * expected.abs().max().item())
+
+
+@pytest.mark.parametrize("numerics", ["deepmind", "timm"])
+def test_scaled_ws_gradient_of_huge_weights(numerics):
+    """The analytic backward of 1e19-sized filters (whose squares overflow float32) against float64."""
+    gen = torch.Generator().manual_seed(0)
+    layer = ScaledStdConv2d(8, 6, 3, numerics=numerics)
+    with torch.no_grad():
+        layer.weight.copy_(torch.randn(6, 8, 3, 3, generator=gen) * 1e19)
+    upstream = torch.randn(6, 8, 3, 3, generator=gen)
+    (layer.standardized_weight() * upstream).sum().backward()
+    w64 = layer.weight.detach().double().requires_grad_()
+    (_reference(w64, numerics) * upstream.double()).sum().backward()
+    torch.testing.assert_close(layer.weight.grad.double(), w64.grad, rtol=1e-4, atol=1e-4 * w64.grad.abs().max().item())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_float16_constant_filters_have_finite_gradients(kind):
+    """A zero and a constant float16 filter multiply their gradient by up to 1 / eps (1e5 for
+    GN+WS): where that leaves float16's range the gradient saturates at its largest value instead
+    of becoming inf; elsewhere it is the float64 equations' to float16 round-off."""
+    gen = torch.Generator().manual_seed(0)
+    layer = _ws_layer(kind).half()
+    with torch.no_grad():
+        layer.weight[0].zero_()
+        layer.weight[1].fill_(0.375)
+    upstream = (torch.randn(6, 8, 3, 3, generator=gen) * 8000).half()
+    (layer.standardized_weight().float() * upstream.float()).sum().backward()
+    grad = layer.weight.grad
+    assert grad.dtype == torch.float16 and torch.isfinite(grad).all()
+    g = upstream.double().flatten(1)[:2]
+    if kind == "std":  # at a constant filter the std's term vanishes: dW = (G - mean(G)) / eps
+        expected = (g - g.mean(1, keepdim=True)) / 1e-5
+    else:
+        w64 = layer.weight.detach().double().requires_grad_()
+        (_reference(w64, kind) * upstream.double()).sum().backward()
+        expected = w64.grad.flatten(1)[:2]
+    limit = torch.finfo(torch.float16).max
+    assert (expected.abs() > limit).any()  # the exact gradient leaves float16's range somewhere
+    torch.testing.assert_close(grad.flatten(1)[:2].double(), expected.clamp(-limit, limit), rtol=2e-3, atol=1.0)

@@ -11,16 +11,23 @@ Two families live here, because their numerics differ and pretrained weights dep
 
 Every forward standardizes the weight, in training and in eval, as the papers define the
 layer. Statistics are computed in float32 or wider (a bf16 or fp16 weight would lose the
-variance or overflow ``var * fan_in``); the standardized weight is returned in the parameter's
-dtype and autocast casts it for the convolution as it would the raw weight. Scaled WS has an
-analytic backward that keeps no weight-sized tensor beyond the standardized weight the conv
-itself saves.
+variance or overflow ``var * fan_in``). A filter whose values reach ``2**32`` is centred scaled
+down by a power of two (exact), so that no float32 weight overflows the squares of the
+variance (they do from about 1e19 on) as long as a filter's sum stays finite (magnitude times
+fan-in below 3.4e38); smaller weights are computed as they are, and tiny ones
+lose nothing that matters to underflow, as each formula's eps dwarfs their variance. The
+standardized weight is returned in the parameter's dtype and autocast casts it for the convolution as it
+would the raw weight. Its gradient is computed in float32 or wider too and rounded back to a
+bf16 or fp16 weight's dtype saturating: a value beyond that dtype's range (a constant filter
+multiplies its gradient by up to ``1 / eps``) becomes its largest finite value, not inf; an
+infinite or NaN gradient stays so. Scaled WS has an analytic backward that keeps no weight-sized
+tensor beyond the standardized weight the conv itself saves.
 
 For inference, :func:`nfzoo.fuse` bakes the standardized weights into plain convolutions.
 """
 from __future__ import annotations
 
-from typing import List, Literal, Optional
+from typing import Literal, Optional
 
 import torch
 import torch.fx
@@ -43,36 +50,85 @@ _EPS = {"deepmind": 1e-4, "timm": 1e-5}
 torch.fx.wrap("pad_same")
 
 
-def _unit_dims(weight: torch.Tensor) -> List[int]:
-    """Every dim but the output channels'."""
-    return list(range(1, weight.dim()))
-
-
 def _stats_dtype(weight: torch.Tensor) -> torch.dtype:
     """float32, or the weight's dtype where it is wider (float64)."""
     return torch.promote_types(weight.dtype, torch.float32)
 
 
-def _centered(w: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _to_weight_dtype(grad: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``grad`` in a weight's ``dtype``, rounded saturating where that dtype is narrower: a finite
+    value beyond its range becomes its largest finite value instead of inf."""
+    if grad.dtype == dtype:
+        return grad
+    limit = torch.finfo(dtype).max
+    if limit < torch.finfo(grad.dtype).max:
+        grad = torch.where(grad.isinf(), grad, grad.clamp(-limit, limit))
+    return grad.to(dtype)
+
+
+class _Widen(torch.autograd.Function):
+    """``weight.to(dtype)``, whose backward rounds the gradient back saturating."""
+
+    @staticmethod
+    def forward(ctx, weight: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+        ctx.weight_dtype = weight.dtype
+        return weight.to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        return _to_weight_dtype(grad, ctx.weight_dtype), None
+
+
+def _widen(weight: torch.Tensor) -> torch.Tensor:
+    """The weight in its statistics dtype (:func:`_stats_dtype`); the gradient of a bf16 or fp16
+    weight is rounded back saturating (:func:`_to_weight_dtype`)."""
+    dtype = _stats_dtype(weight)
+    if dtype == weight.dtype:
+        return weight
+    if torch.jit.is_scripting():
+        return weight.to(dtype)
+    else:
+        return _Widen.apply(weight, dtype)
+
+
+_SCALED_FROM = 2.0**32  # a filter reaching this magnitude is centred scaled down (squares overflow from 2**64)
+_MAX_SHIFT = 100  # the largest scaling, 2**-100: float32's largest weights then square safely
+
+
+def _centered(w: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per output channel of the (float32 or wider) ``w``, over every other dim: the flattened
-    weight minus its mean, the mean, and the variance (population, or unbiased).
+    weight minus its mean, scaled by ``r``; the mean; the variance (population, or unbiased) of
+    the scaled rows; and ``r``, a power of two, 1 for a filter below ``2**32`` in magnitude and
+    about its reciprocal above (exact: the standardization divides it out again).
 
     Two passes, the mean and then the norm of the centred rows: exact, and on the CPU faster
     than ``torch.var_mean``'s Welford kernel (see docs/speed.md).
     """
     flat = w.flatten(1)
     n = flat.shape[1]
-    mean = flat.mean(1, keepdim=True)
-    centered = flat - mean
+    high, low = flat.amax(1, keepdim=True), flat.amin(1, keepdim=True)
+    # a constant filter's mean exactly (a float32 mean of equal values can be off by an ulp, which
+    # the scale would blow up to +-1 / sqrt(n) at large magnitudes); amax shares its gradient out evenly
+    mean = torch.where(high == low, high, flat.mean(1, keepdim=True))
+    magnitude = torch.maximum(high, -low)
+    shift = torch.where(magnitude >= _SCALED_FROM, torch.frexp(magnitude).exponent.clamp(max=_MAX_SHIFT), 0)
+    r = torch.ldexp(torch.ones_like(mean), -shift)
+    centered = torch.addcmul(-mean * r, flat, r)  # (flat - mean) * r, rounded once as flat - mean
     var = torch.linalg.vector_norm(centered, dim=1, keepdim=True).square() / (n - 1 if unbiased and n > 1 else n)
-    return centered, mean, var
+    return centered, mean, var, r
 
 
-def _scale(var: torch.Tensor, fan_in: int, deepmind: bool, eps: float) -> torch.Tensor:
-    """``rsqrt(max(var * n, eps))`` (DeepMind's release) or ``rsqrt(var + eps) / sqrt(n)`` (timm)."""
+def _scale(var: torch.Tensor, fan_in: int, deepmind: bool, eps: float, r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For rows scaled by ``r`` with variance ``var``: the scale of the scaled rows and whether the
+    variance counts (DeepMind's clamp not reached). Unscaled, the scale is ``rsqrt(max(var * n,
+    eps))`` (DeepMind's release) or ``rsqrt(var + eps) / sqrt(n)`` (timm). A constant filter gets
+    ``eps``'s scale, also where ``eps * r**2`` underflows."""
+    constant = torch.rsqrt(torch.full_like(var, eps)) / r
     if deepmind:
-        return torch.rsqrt(torch.clamp(var * fan_in, min=eps))
-    return torch.rsqrt(var + eps) * fan_in ** -0.5
+        varies = var * fan_in > eps * r.square()
+        return torch.where(varies, torch.rsqrt(var * fan_in), constant), varies
+    scale = torch.where(var == 0, constant, torch.rsqrt(var + eps * r.square())) * fan_in ** -0.5
+    return scale, torch.ones_like(var, dtype=torch.bool)
 
 
 class _ScaledStandardize(torch.autograd.Function):
@@ -88,11 +144,9 @@ class _ScaledStandardize(torch.autograd.Function):
     @staticmethod
     def forward(ctx, weight: torch.Tensor, gain: torch.Tensor, deepmind: bool, eps: float) -> torch.Tensor:
         w = weight.to(_stats_dtype(weight))
-        centered, mean, var = _centered(w, unbiased=False)
-        n = centered.shape[1]
-        scale = _scale(var, n, deepmind, eps)
-        varies = (var * n > eps).to(var.dtype) if deepmind else torch.ones_like(var)
-        ctx.save_for_backward(weight, gain, mean, scale, varies)
+        centered, mean, var, r = _centered(w, unbiased=False)
+        scale, varies = _scale(var, centered.shape[1], deepmind, eps, r)
+        ctx.save_for_backward(weight, gain, mean, scale * r, varies.to(w.dtype))
         return centered.mul_(scale * gain.to(w.dtype).view(-1, 1)).view_as(weight).to(weight.dtype)
 
     @staticmethod
@@ -107,7 +161,7 @@ class _ScaledStandardize(torch.autograd.Function):
         b = -k * s * a * grad_gain
         c = -a * sum_d / w.shape[1] - b * mean
         torch.addcmul(c, d, a, out=grad_weight).addcmul_(w, b)  # a * G + b * W + c
-        return (grad_weight.view_as(weight).to(weight.dtype) if ctx.needs_input_grad[0] else None,
+        return (_to_weight_dtype(grad_weight.view_as(weight), weight.dtype) if ctx.needs_input_grad[0] else None,
                 grad_gain.view_as(gain).to(gain.dtype) if ctx.needs_input_grad[1] else None,
                 None, None)
 
@@ -118,14 +172,14 @@ def scaled_standardize(weight: torch.Tensor, gain: torch.Tensor, deepmind: bool,
     population variance, with ``s = rsqrt(max(var * n, eps))`` (DeepMind's release) or
     ``s = rsqrt(var + eps) / sqrt(n)`` (timm's ``ScaledStdConv2d``).
 
-    TorchScript cannot compile an autograd Function: scripted models compute the same formula
-    with autograd's own ops.
+    TorchScript cannot compile an autograd Function: scripted models compute the same statistics
+    and let autograd differentiate them.
     """
     if torch.jit.is_scripting():
         w = weight.to(_stats_dtype(weight))
-        var, mean = torch.var_mean(w, dim=_unit_dims(w), correction=0, keepdim=True)
-        scale = _scale(var, w[0].numel(), deepmind, eps) * gain.to(w.dtype)
-        return (w * scale - mean * scale).to(weight.dtype)
+        centered, _, var, r = _centered(w, unbiased=False)
+        scale, _ = _scale(var, centered.shape[1], deepmind, eps, r)
+        return (centered * (scale * gain.to(w.dtype).view(-1, 1))).view_as(weight).to(weight.dtype)
     else:
         return _ScaledStandardize.apply(weight, gain, deepmind, eps)
 
@@ -139,12 +193,13 @@ def standardize(weight: torch.Tensor, eps: float, eps_in_std: bool) -> torch.Ten
     infinite at zero, and the clamp keeps it out of the backward pass (0 * inf would be NaN)
     without changing any value a non-constant filter sees.
     """
-    centered, _, var = _centered(weight.to(_stats_dtype(weight)), unbiased=True)
+    centered, _, var, r = _centered(_widen(weight), unbiased=True)
+    tiny = torch.finfo(var.dtype).tiny  # a floor where eps * r**2 underflows: a constant filter stays 0, not NaN
     if eps_in_std:
         # 1e-30: below any variance a trained filter has; its std (1e-15) vanishes beside eps
-        denom = torch.sqrt(torch.clamp(var, min=1e-30)) + eps
+        denom = torch.sqrt(torch.clamp(var, min=(1e-30 * r.square()).clamp(min=tiny))) + eps * r
     else:
-        denom = torch.sqrt(var + eps)
+        denom = torch.sqrt(var + (eps * r.square()).clamp(min=tiny))
     return (centered / denom).view_as(weight).to(weight.dtype)
 
 
