@@ -17,7 +17,6 @@ from torch.utils.data import TensorDataset
 from nfzoo.layers import DropPath, ScaledStdConv2d
 from nfzoo.layers.ablation_norms import BatchInstanceNorm2d
 from nfzoo.train import CHECKPOINT_NAME, TrainConfig, Trainer, fashion_mnist, load_checkpoint, read_metrics, save_checkpoint
-from nfzoo.train.data import ResumableBatchSampler
 from nfzoo.optim.param_groups import agc_parameters
 from nfzoo.train.optimizer import build_optimizer
 
@@ -165,19 +164,6 @@ def test_save_checkpoint_keeps_the_old_file_when_writing_fails(tmp_path):
         save_checkpoint({"step": 2, "bad": Unpicklable()}, path)
     assert load_checkpoint(path) == {"step": 1}
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.pth"]
-
-
-def test_sampler_splits_ranks_and_resumes_mid_epoch():
-    whole = ResumableBatchSampler(20, 3, seed=5, rank=0, world_size=1)
-    whole.set_epoch(2)
-    batches = list(whole)
-    whole.set_epoch(2, start_batch=4)
-    assert list(whole) == batches[4:]
-    ranks = [ResumableBatchSampler(20, 3, seed=5, rank=r, world_size=2) for r in range(2)]
-    seen = [i for s in ranks for b in s for i in b]
-    assert len(seen) == len(set(seen)) == 18 and len(ranks[0]) == 3
-    with pytest.raises(ValueError, match="no full batch"):
-        ResumableBatchSampler(5, 3, world_size=2)
 
 
 def write_fake_fashion_mnist(root, n_train=96, n_test=24):

@@ -1,4 +1,4 @@
-"""Datasets and the resumable, rank-aware batch order.
+"""Datasets (the order of their images per step is :mod:`nfzoo.train.steps`'s).
 
 Fashion-MNIST (Xiao et al. 2017) comes from Debian's ``dataset-fashion-mnist`` package, which
 puts the four IDX files under ``/usr/share/datasets/fashion-mnist``.
@@ -8,16 +8,15 @@ from __future__ import annotations
 import gzip
 import os
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import torch
-from torch.utils.data import Sampler, TensorDataset
+from torch.utils.data import TensorDataset
 
 from ..errors import NfzooError
 
 __all__ = ["FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DATA_CONFIG", "fashion_mnist", "read_idx",
-           "DatasetError", "DatasetNotFoundError", "ResumableBatchSampler"]
+           "DatasetError", "DatasetNotFoundError"]
 
 FASHION_MNIST_DIR = Path(os.environ.get("NFZOO_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
 FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
@@ -79,41 +78,3 @@ def fashion_mnist(split: str = "train", root: str | os.PathLike | None = None,
     images, labels = images[:limit], labels[:limit]
     x = (torch.from_numpy(images.copy()).float().div_(255).sub_(_MEAN).div_(_STD)).unsqueeze(1)
     return TensorDataset(x, torch.from_numpy(labels.astype(np.int64)))
-
-
-class ResumableBatchSampler(Sampler[list[int]]):
-    """Batches of indices in an order fixed by (seed, epoch), split across ranks, that can start
-    at any batch of an epoch: the data position a checkpoint records is (epoch, batch).
-
-    Each epoch draws a permutation from ``seed + epoch``; rank r takes every world_size-th index.
-    The last incomplete global batch is dropped so that every rank makes the same number of
-    steps.
-    """
-
-    def __init__(self, num_samples: int, batch_size: int, seed: int = 0, rank: int = 0, world_size: int = 1):
-        self.num_samples = num_samples
-        self.batch_size = batch_size
-        self.seed = seed
-        self.rank = rank
-        self.world_size = world_size
-        self.epoch = 0
-        self.start_batch = 0
-        if len(self) == 0:
-            raise ValueError(f"{num_samples} samples make no full batch of {batch_size} x {world_size} ranks; "
-                             "lower the batch size or use more data")
-
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch = epoch
-        self.start_batch = start_batch
-
-    def batches_per_epoch(self) -> int:
-        return self.num_samples // (self.batch_size * self.world_size)
-
-    def __len__(self) -> int:
-        return self.batches_per_epoch() - self.start_batch
-
-    def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        order = torch.randperm(self.num_samples, generator=g)[self.rank::self.world_size].tolist()
-        for b in range(self.start_batch, self.batches_per_epoch()):
-            yield order[b * self.batch_size:(b + 1) * self.batch_size]
