@@ -12,16 +12,16 @@ Two families live here, because their numerics differ and pretrained weights dep
 Every forward standardizes the weight, in training and in eval, as the papers define the
 layer. Statistics are computed in float32 or wider (a bf16 or fp16 weight would lose the
 variance or overflow ``var * fan_in``). A filter whose values reach ``2**32`` is centred scaled
-down by a power of two (exact), so that no float32 weight overflows the squares of the
-variance (they do from about 1e19 on) as long as a filter's sum stays finite (magnitude times
-fan-in below 3.4e38); smaller weights are computed as they are, and tiny ones
-lose nothing that matters to underflow, as each formula's eps dwarfs their variance. The
-standardized weight is returned in the parameter's dtype and autocast casts it for the convolution as it
-would the raw weight. Its gradient is computed in float32 or wider too and rounded back to a
-bf16 or fp16 weight's dtype saturating: a value beyond that dtype's range (a constant filter
-multiplies its gradient by up to ``1 / eps``) becomes its largest finite value, not inf; an
-infinite or NaN gradient stays so. Scaled WS has an analytic backward that keeps no weight-sized
-tensor beyond the standardized weight the conv itself saves.
+down by a power of two (exact), so that the squares of its variance (which overflow float32
+from about 1e19 on) stay finite as long as the filter's sum does (magnitude times fan-in below
+3.4e38); smaller weights are computed as they are, and tiny ones lose nothing that matters to
+underflow, as each formula's eps dwarfs their variance. The standardized weight is returned in
+the parameter's dtype and autocast casts it for the convolution as it would the raw weight. Its
+gradient is computed in float32 or wider too and rounded back to a bf16 or fp16 weight's dtype
+saturating: a value beyond that dtype's range (a constant filter multiplies its gradient by up
+to ``1 / eps``) becomes its largest finite value, not inf; an infinite or NaN gradient stays so.
+Scaled WS has an analytic backward that keeps no weight-sized tensor beyond the standardized
+weight the conv itself saves.
 
 For inference, :func:`nfzoo.fuse` bakes the standardized weights into plain convolutions.
 """
@@ -101,8 +101,9 @@ def _centered(w: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tens
     the scaled rows; and ``r``, a power of two, 1 for a filter below ``2**32`` in magnitude and
     about its reciprocal above (exact: the standardization divides it out again).
 
-    Two passes, the mean and then the norm of the centred rows: exact, and on the CPU faster
-    than ``torch.var_mean``'s Welford kernel (see docs/speed.md).
+    The mean and then the norm of the centred rows (two passes: exact, and on the CPU faster than
+    ``torch.var_mean``'s Welford kernel, see docs/speed.md); the filter's extremes, one more
+    read, give ``r`` and a constant filter's exact mean.
     """
     flat = w.flatten(1)
     n = flat.shape[1]
