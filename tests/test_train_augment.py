@@ -272,6 +272,6 @@ def test_trainer_feeds_the_collate_twice_the_batch(tmp_path):
     collate.inputs_per_output = aug.inputs_per_output
     model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 24))
     cfg = TrainConfig(epochs=1, batch_size=4, lr=0.01, warmup_epochs=0, agc_clip=None, ema_decay=None, ckpt_every=0,
-                      eval_every=0, progress=False, output_dir=str(tmp_path), resume=None)
+                      eval_every=0, progress=False, plot=False, output_dir=str(tmp_path), resume=None)
     Trainer(model, _IndexImages(), cfg, collate_fn=collate).fit()
     assert len(seen) == 24 // 4 and all(len(s) == len(set(s)) == 8 for s in seen)
