@@ -1,4 +1,5 @@
-"""Result rows, the --check comparison, and writing results atomically (JSON or CSV)."""
+"""Result rows, the --check comparison, and the text of results files (JSON or CSV; written by the CLI
+with the plot, atomically)."""
 from __future__ import annotations
 
 import csv
@@ -7,10 +8,9 @@ import json
 from pathlib import Path
 from typing import Any
 
-from ..atomic_files import write_atomic
 from .input_error import EvaluationError
 
-__all__ = ["FIELDS", "DEFAULT_TOLERANCE", "check_row", "format_results", "write_results", "read_results", "format_table"]
+__all__ = ["FIELDS", "DEFAULT_TOLERANCE", "check_row", "format_results", "read_results", "format_table"]
 
 FIELDS = (
     "model", "tag", "weights", "top1", "top5", "expected_top1", "expected_top5", "delta_top1", "delta_top5",
@@ -44,10 +44,6 @@ def format_results(rows: list[dict[str, Any]], path: Path) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
-
-
-def write_results(rows: list[dict[str, Any]], path: Path) -> None:
-    write_atomic(path, format_results(rows, path))
 
 
 def read_results(path: Path) -> list[dict[str, Any]]:
