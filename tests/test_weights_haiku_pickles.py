@@ -315,7 +315,7 @@ HAIKU_SNIPPETS = [
 ]
 
 
-@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=1500, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(stream=opcode_streams(HAIKU_GLOBALS, HAIKU_TEXTS, HAIKU_SNIPPETS))
 def test_any_opcode_stream_is_read_or_refused_within_the_budget_and_runs_nothing(tmp_path, stream):
     path = tmp_path / "F_haiku.npz"
