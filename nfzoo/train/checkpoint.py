@@ -69,7 +69,8 @@ def read_model_config(checkpoint: dict[str, Any]) -> dict[str, Any] | None:
 
 def write_model_config(config: dict[str, Any], folder: str | os.PathLike) -> None:
     """Write ``config`` as ``<folder>/model_config.json``, atomically."""
-    write_atomic(Path(folder) / MODEL_CONFIG_FILE, json.dumps({k: config[k] for k in MODEL_CONFIG_KEYS}, indent=2) + "\n")
+    text = json.dumps({k: config[k] for k in MODEL_CONFIG_KEYS}, indent=2)
+    write_atomic(Path(folder) / MODEL_CONFIG_FILE, text + "\n")
 
 
 def rng_state() -> dict[str, Any]:

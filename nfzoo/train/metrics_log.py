@@ -58,7 +58,8 @@ class MetricsPlot:
             from matplotlib.figure import Figure
         except ImportError:
             self._figure = None
-            self.unavailable = f"matplotlib is not installed, so no {self.path.name} is drawn (pip install 'nfzoo[plot]')"
+            self.unavailable = (f"matplotlib is not installed, so no {self.path.name} is drawn "
+                                "(pip install 'nfzoo[plot]')")
         else:
             self._figure = Figure
             self.unavailable = None

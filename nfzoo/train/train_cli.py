@@ -23,7 +23,6 @@ import timm
 import torch
 from PIL import Image
 from timm.data import create_transform, resolve_data_config
-from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 
 import nfzoo  # noqa: F401  (registers the zoo's models with timm)
@@ -66,13 +65,15 @@ _UNIT = float_in(0, 1, high_open=True)
 # Each TrainConfig field's flag: (type, help). None as a value is spelt "none".
 _FIELD_FLAGS: dict[str, tuple[Callable[[str], object] | None, str]] = {
     "epochs": (positive_int, "epochs to train; a resumed run may change it (the schedule follows)"),
-    "batch_size": (positive_int, "global batch per step, split evenly across processes; at most the training set's size"),
+    "batch_size": (positive_int,
+                   "global batch per step, split evenly across processes; at most the training set's size"),
     "micro_batch": (_or_words(positive_int, none=None),
                     "images per forward/backward (gradient accumulation); must divide each process's batch; "
                     "none: the whole batch"),
     "base_lr": (positive_float, "peak learning rate per 256 images: lr = base-lr x batch-size / 256"),
     "lr": (_or_words(positive_float, none=None), "peak learning rate, overriding --base-lr's scaling; none: scaled"),
-    "warmup_epochs": (non_negative_float, "epochs of linear warmup from 0 (fewer than --epochs); then a cosine to --min-lr"),
+    "warmup_epochs": (non_negative_float,
+                      "epochs of linear warmup from 0 (fewer than --epochs); then a cosine to --min-lr"),
     "min_lr": (non_negative_float, "learning rate at the end of the cosine"),
     "momentum": (_UNIT, "SGD momentum, in [0, 1)"),
     "nesterov": (None, "Nesterov momentum"),
@@ -207,7 +208,9 @@ def _channels_of(path: str) -> int:
 def _build(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     """The model, datasets, collate function and model_config the run trains with."""
     kwargs = {"pretrained": args.pretrained}
-    kwargs.update({k: v for k, v in (("drop_rate", args.drop_rate), ("drop_path_rate", args.drop_path_rate)) if v is not None})
+    for name in ("drop_rate", "drop_path_rate"):
+        if getattr(args, name) is not None:
+            kwargs[name] = getattr(args, name)
     if args.dataset == "fashion_mnist":
         if args.in_chans not in (None, 1):
             raise TrainConfigError(f"--in-chans {args.in_chans}: Fashion-MNIST's images have 1 channel")
@@ -225,15 +228,17 @@ def _build(args: argparse.Namespace, cfg: TrainConfig) -> dict:
     train_set = _image_folder(args.data_dir / "train", _FOLDER_MODES[in_chans])
     eval_set = _image_folder(args.data_dir / "val", _FOLDER_MODES[in_chans])
     if eval_set.classes != train_set.classes:
-        raise DatasetFolderError(f"{args.data_dir}: val/ has classes {eval_set.classes}, train/ has {train_set.classes}; "
-                                 "both need the same class folders")
+        raise DatasetFolderError(f"{args.data_dir}: val/ has classes {eval_set.classes}, train/ has "
+                                 f"{train_set.classes}; both need the same class folders")
     model = timm.create_model(args.model, num_classes=len(train_set.classes), in_chans=in_chans, **kwargs)
     train_cfg = _data_config(model, in_chans, args.img_size)
     # validation at the test size (NFNets: larger than the train size), as the weights were evaluated
     eval_cfg = _data_config(model, in_chans, test=True)
     train_set.transform = train_transform(train_cfg["input_size"][-1])
     eval_set.transform = create_transform(**eval_cfg)
-    magnitude = randaugment_magnitude(args.model) if args.randaugment_magnitude == "auto" else args.randaugment_magnitude
+    magnitude = args.randaugment_magnitude
+    if magnitude == "auto":
+        magnitude = randaugment_magnitude(args.model)
     collate = DeepMindBatchAugment(len(train_set.classes), magnitude, mixup_alpha=args.mixup_alpha,
                                    cutmix_alpha=args.cutmix_alpha, mean=train_cfg["mean"], std=train_cfg["std"])
     label_names = list(train_set.classes)
@@ -268,8 +273,9 @@ def _model_config(args: argparse.Namespace, built: dict) -> dict:
 def _run_flags(args: argparse.Namespace, built: dict) -> dict:
     """The command line's own settings, as the checkpoint stores them (``--recipe`` only fills in
     TrainConfig's values, which the checkpoint holds resolved)."""
-    return {"model": args.model, "dataset": args.dataset, "data_dir": None if args.data_dir is None else str(args.data_dir),
-            "train_limit": args.train_limit, "img_size": args.img_size, "in_chans": built["in_chans"],
+    return {"model": args.model, "dataset": args.dataset,
+            "data_dir": None if args.data_dir is None else str(args.data_dir), "train_limit": args.train_limit,
+            "img_size": args.img_size, "in_chans": built["in_chans"],
             "drop_rate": args.drop_rate, "drop_path_rate": args.drop_path_rate, "pretrained": args.pretrained,
             "randaugment_magnitude": built["magnitude"], "mixup_alpha": args.mixup_alpha,
             "cutmix_alpha": args.cutmix_alpha}
