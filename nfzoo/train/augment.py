@@ -47,7 +47,8 @@ _TIMM_OPS = ["AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solar
 def randaugment_magnitude(model_name: str) -> int | None:
     """DeepMind's RandAugment magnitude for an NFNet variant (``nfnet_f3`` -> 15); None for other
     models (DeepMind's base experiment, used for its NF-ResNets, has no RandAugment)."""
-    variant = model_name.split(".")[0].removeprefix("dm_").removeprefix("nfnet_").upper()
+    # FN+ (nfnet_fN_plus) inherits FN's level in base.py
+    variant = model_name.split(".")[0].removeprefix("dm_").removeprefix("nfnet_").removesuffix("_plus").upper()
     level = RA_LEVELS.get(variant) if model_name.startswith(("nfnet_f", "dm_nfnet_f")) else None
     return None if level is None else int(level) % 100
 
