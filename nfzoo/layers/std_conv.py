@@ -91,10 +91,6 @@ def _widen(weight: torch.Tensor) -> torch.Tensor:
         return _Widen.apply(weight, dtype)
 
 
-_SCALED_FROM = 2.0**32  # a filter reaching this magnitude is centred scaled down (squares overflow from 2**64)
-_MAX_SHIFT = 100  # the largest scaling, 2**-100: float32's largest weights then square safely
-
-
 def _centered(w: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Per output channel of the (float32 or wider) ``w``, over every other dim: the flattened
     weight minus its mean, scaled by ``r``; the mean; the variance (population, or unbiased) of
@@ -112,7 +108,8 @@ def _centered(w: torch.Tensor, unbiased: bool) -> tuple[torch.Tensor, torch.Tens
     # the scale would blow up to +-1 / sqrt(n) at large magnitudes); amax shares its gradient out evenly
     mean = torch.where(high == low, high, flat.mean(1, keepdim=True))
     magnitude = torch.maximum(high, -low)
-    shift = torch.where(magnitude >= _SCALED_FROM, torch.frexp(magnitude).exponent.clamp(max=_MAX_SHIFT), 0)
+    # from 2**32 on (squares overflow from 2**64), scaled by up to 2**-100 (float32's largest weights square safely)
+    shift = torch.where(magnitude >= 4294967296.0, torch.frexp(magnitude).exponent.clamp(max=100), 0)
     r = torch.ldexp(torch.ones_like(mean), -shift)
     centered = torch.addcmul(-mean * r, flat, r)  # (flat - mean) * r, rounded once as flat - mean
     var = torch.linalg.vector_norm(centered, dim=1, keepdim=True).square() / (n - 1 if unbiased and n > 1 else n)
@@ -195,7 +192,7 @@ def standardize(weight: torch.Tensor, eps: float, eps_in_std: bool) -> torch.Ten
     without changing any value a non-constant filter sees.
     """
     centered, _, var, r = _centered(_widen(weight), unbiased=True)
-    tiny = torch.finfo(var.dtype).tiny  # a floor where eps * r**2 underflows: a constant filter stays 0, not NaN
+    tiny = 1.1754943508222875e-38  # float32's smallest normal, a floor where eps * r**2 underflows: a constant filter stays 0, not NaN
     if eps_in_std:
         # 1e-30: below any variance a trained filter has; its std (1e-15) vanishes beside eps
         denom = torch.sqrt(torch.clamp(var, min=(1e-30 * r.square()).clamp(min=tiny))) + eps * r
