@@ -17,7 +17,10 @@ function (to float round-off) with less work:
 
 The result runs without weight arithmetic, exports to ONNX and TorchScript, compiles with
 ``torch.compile`` in one graph and traces with ``torch.fx``. Its 2-d convs hold
-``channels_last`` weights unless told otherwise (see :func:`fuse`). It is for inference:
+``channels_last`` weights unless told otherwise (see :func:`fuse`); its ``state_dict`` gives them
+contiguous, so timm's ``save_for_hf`` (safetensors) saves it. Its state dict has the fused model's
+keys: it loads into a fused model (``fuse(timm.create_model(...)).load_state_dict(...)``), not
+into the model as built. It is for inference:
 training it would train the folded weights directly, without stochastic depth.
 
 TensorFlow-style SAME padding of a strided conv depends on the input size. Given
@@ -254,4 +257,15 @@ def fuse(model: nn.Module, input_size: Sequence[int] | None = None, inplace: boo
         for module in model.modules():
             if isinstance(module, nn.Conv2d):
                 module.to(memory_format=memory_format)
+        model.register_state_dict_post_hook(_contiguous_state)
     return model
+
+
+def _contiguous_state(module: nn.Module, state_dict: dict, prefix: str, local_metadata: dict) -> None:
+    """State-dict hook of a fused model: its tensors contiguous (a ``channels_last`` weight is
+    not), as safetensors requires (timm's ``save_for_hf(..., safe_serialization=True)``);
+    ``load_state_dict`` copies them back into the ``channels_last`` parameters. With
+    ``keep_vars=True`` the parameters themselves are returned, as they are."""
+    for key, value in state_dict.items():
+        if key.startswith(prefix) and not isinstance(value, nn.Parameter) and not value.is_contiguous():
+            state_dict[key] = value.contiguous()

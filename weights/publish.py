@@ -1,7 +1,10 @@
 #!/usr/bin/env python
-"""Write the Hugging Face Hub repository folder for converted weights and upload it. Example:
+"""Write the Hugging Face Hub repository folder for converted weights, or for a model trained
+by `python -m nfzoo.train`, and upload it. Examples:
 
     python weights/publish.py converted/nfnet_f0 --name nfnet_f0.dm_in1k --out hub/nfnet_f0 --dry-run
+    python weights/publish.py --checkpoint runs/x/last.pth --repo me/my-model --out hub/x \
+        --results-file runs/x/val.json --dry-run
 
 OUT must be a new or empty folder, apart from the weights folder; --overwrite lets it be one
 that holds files already: model.safetensors, config.json and README.md are replaced, every other
@@ -17,9 +20,9 @@ from typing import Sequence
 from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from nfzoo.cli import ArgumentParser, existing_dir, finite_float, output_dir, run_cli
+from nfzoo.cli import ArgumentParser, existing_dir, existing_file, finite_float, output_dir, run_cli
 from nfzoo.weights import checkpoint, manifest
-from nfzoo.weights.publish import Measured, upload, write_repo
+from nfzoo.weights.publish import Measured, measured_from_results, upload, write_repo, write_trained_repo
 
 PROG = "weights/publish.py"
 
@@ -53,19 +56,39 @@ def _measured(parser: ArgumentParser, values: list[str] | None) -> Measured | No
 
 def _run(argv: Sequence[str] | None) -> int:
     parser = ArgumentParser(prog=PROG, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("weights_dir", type=existing_dir, help="folder written by weights/convert.py")
-    parser.add_argument("--name", required=True, type=manifest_tag, help="manifest tag, e.g. nfnet_f0.dm_in1k")
+    parser.add_argument("weights_dir", nargs="?", type=existing_dir,
+                        help="folder written by weights/convert.py (with --name)")
+    parser.add_argument("--name", type=manifest_tag, help="manifest tag of WEIGHTS_DIR, e.g. nfnet_f0.dm_in1k")
+    parser.add_argument("--checkpoint", type=existing_file, metavar="FILE",
+                        help="instead of WEIGHTS_DIR: a checkpoint of python -m nfzoo.train (last.pth); needs --repo")
     parser.add_argument("--out", required=True, type=output_dir, help="where to write the repository folder")
     parser.add_argument("--overwrite", action="store_true",
                         help="replace the three files nfzoo writes in an --out that holds files (others are kept)")
     parser.add_argument("--repo", type=repo_id, help="Hub repository (default: the manifest's publish_repo)")
-    parser.add_argument("--measured", nargs=3, metavar=("TOP1", "TOP5", "SETUP"),
-                        help='measured accuracy (%%) for the model card, e.g. 83.5 96.6 "nfzoo eval, H100"')
+    measured = parser.add_mutually_exclusive_group()
+    measured.add_argument("--measured", nargs=3, metavar=("TOP1", "TOP5", "SETUP"),
+                          help='measured accuracy (%%) for the model card, e.g. 83.5 96.6 "nfzoo eval, H100"')
+    measured.add_argument("--results-file", type=existing_file, metavar="FILE",
+                          help="the results file of nfzoo-validate for these weights: its top-1, top-5 and the "
+                               "data they were measured on go on the model card")
     parser.add_argument("--private", action="store_true", help="create the Hub repository private")
     parser.add_argument("--dry-run", action="store_true", help="only write the folder")
     args = parser.parse_args(argv)
+    if (args.weights_dir is None) == (args.checkpoint is None):
+        parser.error("give either WEIGHTS_DIR (with --name) or --checkpoint FILE (with --repo)")
+    if args.weights_dir is not None and args.name is None:
+        parser.error("WEIGHTS_DIR needs --name, the manifest tag of its weights")
+    if args.checkpoint is not None and (args.name is not None or args.repo is None):
+        parser.error("--checkpoint needs --repo (the Hub repository the card names) and takes no --name")
     measured = _measured(parser, args.measured)
-    folder = write_repo(args.weights_dir, args.name, args.out, measured, overwrite=args.overwrite)
+    if args.checkpoint is not None:
+        if args.results_file is not None:
+            measured = measured_from_results(args.results_file)
+        folder = write_trained_repo(args.checkpoint, args.out, args.repo, measured, overwrite=args.overwrite)
+    else:
+        if args.results_file is not None:
+            measured = measured_from_results(args.results_file, checkpoint(args.name).model)
+        folder = write_repo(args.weights_dir, args.name, args.out, measured, overwrite=args.overwrite)
     print(f"wrote {folder}")
     if not args.dry_run:
         print(upload(folder, args.repo or checkpoint(args.name).publish_repo, private=args.private))

@@ -176,13 +176,17 @@ def _model_names(args: argparse.Namespace, config: dict[str, Any] | None) -> lis
 
 
 def _row(args: argparse.Namespace, name: str, model: torch.nn.Module, cfg: dict[str, Any], result: EvalResult,
-         options: EvalOptions, params: int, macs: int, runtime: torchrun.Runtime, data: str) -> dict[str, Any]:
+         options: EvalOptions, params: int, macs: int, runtime: torchrun.Runtime, data: str,
+         trained: bool = False) -> dict[str, Any]:
+    """One results row; ``trained``: the weights are a checkpoint of nfzoo.train, a model of its own
+    (no manifest tag, no published accuracy), whatever weights its run started from."""
     pcfg = getattr(model, "pretrained_cfg", {}) or {}
     weights = _weights(args)
-    entry = expected_accuracy(name) if weights != "random" else None
+    entry = expected_accuracy(name) if weights != "random" and not trained else None
     row = dict.fromkeys(("expected_top1", "expected_top5", "delta_top1", "delta_top5", "check"))
     row.update(
-        model=zoo_name(pcfg["architecture"]) if pcfg.get("architecture") else name, tag=pcfg.get("tag"), weights=weights,
+        model=zoo_name(pcfg["architecture"]) if pcfg.get("architecture") else name,
+        tag=None if trained else pcfg.get("tag"), weights=weights,
         top1=round(result.top1, 3), top5=round(result.top5, 3),
         real_top1=result.real_top1, real_top5=result.real_top5,
         images=result.images, bad_images=len(result.bad_images), img_per_sec=round(result.images_per_sec, 2),
@@ -213,6 +217,9 @@ def run(args: argparse.Namespace) -> int:
     """Validate every model; returns the exit status (1 when a --check misses)."""
     config = checkpoint_model_config(args.checkpoint) if args.checkpoint is not None else None
     names = _model_names(args, config)
+    if config is not None and args.check:
+        raise EvaluationError(f"--check compares weights with their published accuracy; {args.checkpoint} is a "
+                              "checkpoint of nfzoo.train, a model of its own, with none")
     _preflight(args, names)
     runtime = torchrun.start(args.device)
     say = print if runtime.is_main else (lambda *a, **k: None)
@@ -267,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
             if result.bad_images:
                 say(f"WARNING: {len(result.bad_images)} undecodable image(s) left out: "
                     f"{', '.join(result.bad_images[:10])}{' ...' if len(result.bad_images) > 10 else ''}")
-            rows.append(_row(args, name, model, cfg, result, options, params, macs, runtime, source.description))
+            rows.append(_row(args, name, model, cfg, result, options, params, macs, runtime, source.description,
+                             trained=config is not None))
         if not runtime.is_main:
             return 0
         print(format_table(rows))

@@ -5,7 +5,9 @@
 client reads it the same way (:func:`hub_config`), and adds a ``README.md`` model card drawn from
 the manifest entry of the tag (:func:`model_card`). The weights are first loaded strictly into
 the model through nfzoo's normal pretrained path, so a folder that would not load is never
-written. The files are written by Python (a full disk is a :class:`~nfzoo.atomic_files.DiskFullError`)
+written. :func:`write_trained_repo` does the same for a checkpoint of ``python -m nfzoo.train``
+(a user's own model): the class count, input channels, class names and preprocessing come from
+its ``model_config``, the card from the run and the accuracy measured on it. The files are written by Python (a full disk is a :class:`~nfzoo.atomic_files.DiskFullError`)
 into a new temporary folder and put in place by :func:`~nfzoo.atomic_files.atomic_dir`, which
 never deletes or replaces anything but these files (:data:`REPO_FILES`).
 
@@ -20,9 +22,11 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Callable
 
 import safetensors.torch
 import timm
+import torch
 from huggingface_hub import HfApi
 
 from ..atomic_files import atomic_dir, check_output_dir
@@ -33,8 +37,9 @@ from .convert import RECORD_FILE, WEIGHTS_FILE
 from .files import sha256_file
 from .manifest import Checkpoint, checkpoint, paper
 
-__all__ = ["Measured", "Provenance", "PublishError", "write_repo", "upload", "model_card", "hub_config",
-           "provenance", "NFZOO_INSTALL", "NFZOO_REQUIREMENT", "REPO_FILES"]
+__all__ = ["Measured", "Provenance", "PublishError", "write_repo", "write_trained_repo", "measured_from_results",
+           "upload", "model_card", "trained_model_card", "hub_config", "provenance", "NFZOO_INSTALL",
+           "NFZOO_REQUIREMENT", "REPO_FILES"]
 
 # What the published folder holds: the only files write_repo writes or replaces, and upload sends.
 REPO_FILES = (WEIGHTS_FILE, "config.json", "README.md")
@@ -160,24 +165,82 @@ def write_repo(
     check_output_dir(out_dir, overwrite, apart_from=[weights_dir])
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
     origin = provenance(entry, weights, _read_record(weights_dir / RECORD_FILE))
+    return _write_folder(model, out_dir, overwrite, [weights_dir], lambda config: hub_config(config, entry),
+                         lambda num_params, sha: model_card(entry, origin, measured, num_params, sha))
+
+
+def _write_folder(model: torch.nn.Module, out_dir: Path, overwrite: bool, apart_from: list[Path],
+                  adjust_config: Callable[[dict], dict], card: Callable[[int, str], str]) -> Path:
+    """The :data:`REPO_FILES` of ``model`` in ``out_dir``: its weights and ``config.json`` as timm's
+    ``save_for_hf`` writes them, the config after ``adjust_config``, and the card that
+    ``card(parameter count, sha256 of the weights file)`` gives."""
     # The bytes save_for_hf writes, serialised in memory and written by Python: safetensors' own
     # writer reports a full disk as a generic error, not an OSError.
     tensors = safetensors.torch.save({k: v.contiguous() for k, v in model.state_dict().items()})
-
-    with atomic_dir(out_dir, overwrite, apart_from=[weights_dir]) as tmp:
+    with atomic_dir(out_dir, overwrite, apart_from=apart_from) as tmp:
         config_path = tmp / "config.json"
         save_config_for_hf(model, config_path)
-        config = hub_config(json.loads(config_path.read_text()), entry)
-        card = model_card(entry, origin, measured, num_params=sum(p.numel() for p in model.parameters()),
-                          published_sha256=hashlib.sha256(tensors).hexdigest())
+        config = adjust_config(json.loads(config_path.read_text()))
+        text = card(sum(p.numel() for p in model.parameters()), hashlib.sha256(tensors).hexdigest())
         for file, data in ((WEIGHTS_FILE, tensors), ("config.json", json.dumps(config, indent=2) + "\n"),
-                           ("README.md", card)):
+                           ("README.md", text)):
             with open(tmp / file, "wb") as f:
                 f.write(data.encode() if isinstance(data, str) else data)
     return out_dir
 
 
-def hub_config(config: dict, entry: Checkpoint) -> dict:
+def write_trained_repo(
+        checkpoint_file: str | os.PathLike,
+        out_dir: str | os.PathLike,
+        repo_id: str,
+        measured: Measured | None = None,
+        overwrite: bool = False,
+) -> Path:
+    """Write the Hub repository folder for the ``model`` weights of a checkpoint of
+    ``python -m nfzoo.train`` (``runs/x/last.pth``), to be published as ``repo_id``.
+
+    The model is rebuilt from the checkpoint's ``model_config`` and loaded strictly, as
+    ``nfzoo-validate --checkpoint`` loads it; ``config.json`` gives its class names (root
+    ``label_names``, which timm and transformers read) and the preprocessing its run validated
+    with. ``out_dir`` follows :func:`write_repo`'s rules, apart from the checkpoint's folder.
+    """
+    from ..evaluation.model_setup import create_model  # the one way to build a checkpoint's model
+    from ..train.checkpoint import load_checkpoint, read_model_config
+
+    checkpoint_file, out_dir = Path(checkpoint_file), Path(out_dir)
+    check_output_dir(out_dir, overwrite, apart_from=[checkpoint_file.parent])
+    contents = load_checkpoint(checkpoint_file)
+    config = read_model_config(contents)
+    if config is None:
+        raise PublishError(f"{checkpoint_file} holds no model_config: publish a checkpoint that "
+                           "`python -m nfzoo.train` wrote (its last.pth), or converted release weights with --name")
+    model = create_model(config["architecture"], "checkpoint", checkpoint_file, model_config=config)
+    flags = contents.get("flags", {})
+    run = {"model": flags.get("model", config["architecture"]), "pretrained": bool(flags.get("pretrained")),
+           "epochs": contents.get("epoch")}
+    return _write_folder(model, out_dir, overwrite, [checkpoint_file.parent],
+                         lambda timm_config: hub_config(timm_config),
+                         lambda num_params, sha: trained_model_card(repo_id, config, run, measured, num_params, sha))
+
+
+def measured_from_results(path: str | os.PathLike, architecture: str | None = None) -> Measured:
+    """The accuracy of the one row of an ``nfzoo-validate --results-file``, and how and on what
+    data it was measured, for the card; ``architecture``: the model the row must be of."""
+    from ..evaluation.results import read_results
+
+    rows = read_results(Path(path))
+    if len(rows) != 1:
+        raise PublishError(f"{path} holds {len(rows)} results; give the results file of one nfzoo-validate run "
+                           "of the published weights")
+    (row,) = rows
+    if architecture is not None and row["model"] != architecture:
+        raise PublishError(f"{path} holds the accuracy of a {row['model']}, not of this {architecture}")
+    setup = (f"nfzoo-validate on {row['data']} ({row['images']} images), {row.get('img_size')} px, "
+             f"{row.get('precision')}, {row.get('device')}")
+    return Measured(float(row["top1"]), float(row["top5"]), setup)
+
+
+def hub_config(config: dict, entry: Checkpoint | None = None) -> dict:
     """timm's ``config.json`` made readable the same way by every client.
 
     * ``model_args`` loses ``num_classes``: the root ``num_classes`` says it, and transformers'
@@ -185,18 +248,29 @@ def hub_config(config: dict, entry: Checkpoint) -> dict:
       TypeError).
     * ``pretrained_cfg`` gives the *evaluation* preprocessing as the input size: clients that
       read only ``input_size``/``crop_pct`` (transformers' image processor, timm's
-      ``resolve_data_config`` without ``use_test_size``) then evaluate as the source did.
+      ``resolve_data_config`` without ``use_test_size``) then evaluate as the source did. For a
+      manifest ``entry`` it is the entry's; without one (a model of ``nfzoo.train``), the model's
+      cfg already holds it, and the cfg's tag (of the weights it started from) is dropped.
+    * ``label_names``, the class names, move to the root: transformers reads them there (its
+      ``id2label``; without them the classes are ``LABEL_0`` ...), and timm reads them from there
+      into ``pretrained_cfg``.
     * ``nfzoo`` says how to install nfzoo and that it must be imported, for a reader without it.
     """
     config = json.loads(json.dumps(config))  # a deep copy
     config.get("model_args", {}).pop("num_classes", None)
     cfg = config["pretrained_cfg"]
-    test = cfg.pop("test_input_size", None) or cfg["input_size"]
-    cfg["input_size"] = [test[0], entry.test_size, entry.test_size]
     cfg.pop("pool_size", None)  # the pool size belongs to the training size
-    cfg.pop("test_crop_pct", None)
-    cfg.update(crop_pct=entry.crop_pct, crop_mode=entry.crop_mode, interpolation=entry.interpolation)
-    config["nfzoo"] = {"requires": NFZOO_REQUIREMENT, "tag": entry.name}
+    if entry is not None:
+        test = cfg.pop("test_input_size", None) or cfg["input_size"]
+        cfg["input_size"] = [test[0], entry.test_size, entry.test_size]
+        cfg.pop("test_crop_pct", None)
+        cfg.update(crop_pct=entry.crop_pct, crop_mode=entry.crop_mode, interpolation=entry.interpolation)
+    else:  # what the cfg says of the weights the run started from does not apply to its own
+        for key in ("tag", "origin_url", "license"):
+            cfg.pop(key, None)
+    if "label_names" in cfg:
+        config["label_names"] = cfg.pop("label_names")
+    config["nfzoo"] = {"requires": NFZOO_REQUIREMENT, **({"tag": entry.name} if entry is not None else {})}
     return config
 
 
@@ -229,7 +303,6 @@ def model_card(entry: Checkpoint, origin: Provenance, measured: Measured | None,
                  f"nothing is known here of where they come from or how well they do: the source's provenance "
                  f"and published accuracy do not apply to them.")
         expected_row, license_note = "", ""
-    architecture = published_name(entry.model)
     return f"""---
 tags:
 - image-classification
@@ -255,7 +328,34 @@ datasets:
 |---|---|---|
 {expected_row}{measured_row}
 
-## Usage
+{_usage(published_name(entry.model), entry.publish_repo)}
+## Citation
+
+```bibtex
+{cite.bibtex}
+```
+"""
+
+
+def _usage(architecture: str, repo: str, in_chans: int | None = None) -> str:
+    """The card's Usage section: installing and importing nfzoo, timm, transformers, and for a
+    one-channel model (``in_chans`` 1) how transformers' pipeline gets one channel."""
+    grayscale = "" if in_chans != 1 else f"""
+The model takes one-channel (grayscale) images. transformers' `pipeline("image-classification")`
+converts an image file or a PIL image to RGB, which this model refuses (its first conv expects 1
+channel); give it the image as a 2-d array, which the pipeline reads as grayscale:
+
+```python
+import numpy as np
+from PIL import Image
+from transformers import pipeline
+import nfzoo
+
+classifier = pipeline("image-classification", model="{repo}")
+print(classifier(np.asarray(Image.open("image.png").convert("L"))))  # [{{'label': ..., 'score': ...}}, ...]
+```
+"""
+    return f"""## Usage
 
 The architecture is nfzoo's. To install nfzoo, {NFZOO_INSTALL}; then `import nfzoo`
 before loading. Without it, timm stops with `Unknown model ({architecture})` and transformers with "The model
@@ -266,21 +366,54 @@ upgrading timm does not help, `import nfzoo` does. Neither builds another networ
 import timm
 import nfzoo  # registers nfzoo's models with timm
 
-model = timm.create_model("hf-hub:{entry.publish_repo}", pretrained=True).eval()
+model = timm.create_model("hf-hub:{repo}", pretrained=True).eval()
 cfg = timm.data.resolve_data_config({{}}, model=model)  # the evaluation preprocessing
 transform = timm.data.create_transform(**cfg)
 ```
 
-transformers (`AutoModelForImageClassification.from_pretrained("{entry.publish_repo}")`, after
+transformers (`AutoModelForImageClassification.from_pretrained("{repo}")`, after
 `import nfzoo`) and its image processor read the same evaluation preprocessing from
-`config.json`. To fetch the files without loading them: `hf download {entry.publish_repo}`.
+`config.json`. To fetch the files without loading them: `hf download {repo}`.
+{grayscale}"""
 
-## Citation
 
-```bibtex
-{cite.bibtex}
-```
-"""
+def trained_model_card(repo_id: str, config: dict[str, Any], run: dict[str, Any], measured: Measured | None,
+                       num_params: int, published_sha256: str) -> str:
+    """The README.md for a model of ``python -m nfzoo.train``: what it was trained from, its
+    classes and preprocessing (``config``: the checkpoint's ``model_config``; ``run``: the
+    training run's ``model``, ``pretrained`` and ``epochs``), and the accuracy measured on it with
+    the data it was measured on."""
+    start = (f"the pretrained weights `{run['model']}`" if run["pretrained"] else
+             f"`{run['model']}` with random initial weights")
+    c, h, w = config["input_size"]
+    names = ", ".join(f"`{n}`" for n in config["label_names"])
+    measured_row = (f"| measured ({measured.setup}) | {measured.top1:.2f} | {measured.top5:.2f} |"
+                    if measured else "| measured | not yet measured | |")
+    return f"""---
+tags:
+- image-classification
+- timm
+- nfzoo
+library_name: timm
+---
+# {repo_id}
+
+`{config['architecture']}` (nfzoo, a timm plugin), trained with `python -m nfzoo.train` (nfzoo's NFNet recipe)
+from {start}, for {run['epochs']} epoch(s).
+
+- Classes ({config['num_classes']}, in index order): {names}
+- Input: {c} channel(s), {h}x{w} px
+- Parameters: {num_params / 1e6:.2f} M
+- Evaluation: {h} px, {config['crop_mode']} crop {config['crop_pct']}, {config['interpolation']} interpolation, mean {list(config['mean'])}, std {list(config['std'])}
+- `{WEIGHTS_FILE}` sha256: `{published_sha256}`
+
+## Validation accuracy
+
+| | top-1 (%) | top-5 (%) |
+|---|---|---|
+{measured_row}
+
+{_usage(published_name(config['architecture']), repo_id, c)}"""
 
 
 def upload(folder: str | os.PathLike, repo_id: str, private: bool = False) -> str:
