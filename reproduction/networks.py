@@ -2,6 +2,7 @@
 twin built from nfzoo's NF-ResNet block, and the micro-batching of batch-dependent norms."""
 from __future__ import annotations
 
+from collections.abc import Callable
 from functools import partial
 
 import torch
@@ -10,11 +11,22 @@ import torch.nn as nn
 from nfzoo.layers import GammaAct, ScaledStdConv2d, get_norm
 from nfzoo.models.nfnet import NFBlock, NFNetCfg, expected_std_betas
 
-__all__ = ["MicroBatchNorm", "SmallResNet", "SmallNFResNet", "BATCH_DEPENDENT"]
+__all__ = ["MicroBatchNorm", "SmallResNet", "SmallNFResNet", "BATCH_DEPENDENT", "BCN_MOVING_SPEED", "norm_factory"]
 
-# The norm choices whose output for one image depends on the other images of its batch. The
-# rest normalize each image alone, so how a batch is split cannot change what they compute.
+# The norm choices whose output for one image depends on the other images of its batch (as the
+# study builds them: norm_factory). The rest normalize each image alone, so how a batch is split
+# cannot change what they compute.
 BATCH_DEPENDENT = frozenset({"bn", "bcn_ws", "bcn_ws_est", "brn", "bin", "sn"})
+# The moving speed of BCN's estimated statistics in the study: they follow the micro-batches'
+# statistics (the library's default, 0, freezes them at their initial values).
+BCN_MOVING_SPEED = 0.01
+
+
+def norm_factory(norm: str, num_groups: int | None = None) -> Callable[[int], nn.Module]:
+    """``norm``'s layer factory (:func:`nfzoo.layers.get_norm`) as the study uses it: BCN with
+    estimated statistics moves them at :data:`BCN_MOVING_SPEED`."""
+    factory = get_norm(norm).layer_factory(num_groups)
+    return partial(factory, moving_speed=BCN_MOVING_SPEED) if norm == "bcn_ws_est" else factory
 
 
 class MicroBatchNorm(nn.Module):
@@ -85,7 +97,7 @@ def _stage_strides(widths: tuple[int, ...], depth: int) -> list[tuple[int, int]]
 class SmallResNet(nn.Module):
     """He et al.'s CIFAR ResNet (arXiv 1512.03385, section 4.2): a 3x3 stem, three stages of
     ``(depth - 2) / 6`` basic blocks at ``widths`` (strides 1, 2, 2), global pooling, a linear
-    classifier. Every conv and norm comes from the ``norm`` choice (:func:`nfzoo.layers.get_norm`).
+    classifier. Every conv and norm comes from the ``norm`` choice (:func:`norm_factory`).
 
     Args:
         micro_batch: every norm sees micro-batches of this many images, as each GPU's norms do in
@@ -101,8 +113,7 @@ class SmallResNet(nn.Module):
         super().__init__()
         if (depth - 2) % 6:
             raise ValueError(f"depth must be 6n + 2 (8, 14, 20, ...), got {depth}")
-        choice = get_norm(norm)
-        conv, norm_layer = choice.conv_layer, choice.layer_factory(num_groups)
+        conv, norm_layer = get_norm(norm).conv_layer, norm_factory(norm, num_groups)
         if micro_batch is not None:
             norm_layer = partial(_micro_batched, norm_layer, micro_batch=micro_batch)
         self.conv1 = conv(in_chans, widths[0], 3, stem_stride, 1, bias=False)

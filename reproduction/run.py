@@ -29,19 +29,14 @@ import torch
 
 from nfzoo.atomic_files import write_atomic
 from nfzoo.cli import ArgumentParser, device, existing_dir, non_negative_int, output_dir, positive_int, run_cli
-from nfzoo.errors import NfzooError
 from nfzoo.machine import device_name
 
 from .experiments import NORMS, ResultsFile, Setup, agc_tasks, load_data, norm_tasks, remove_run, run_agc, run_norm
 from .figures import agc_table, norm_table, plot_agc, plot_norms
 
-__all__ = ["PROG", "StudyDataError", "main"]
+__all__ = ["PROG", "main"]
 
 PROG = "python -m reproduction"
-
-
-class StudyDataError(NfzooError):
-    """Fashion-MNIST is missing from the data folder, or its files are not what they should be."""
 
 
 def _parser() -> ArgumentParser:
@@ -107,10 +102,7 @@ def _study(argv: Sequence[str] | None, sizes: Setup | None) -> None:
     if setup.train_images < largest:
         parser.error(f"argument --train-images: {setup.train_images} is less than one batch of the study "
                      f"({largest} images)")
-    try:  # fail early, with the install hint, when Fashion-MNIST is missing
-        load_data(setup, args.data_dir)
-    except (FileNotFoundError, ValueError) as e:
-        raise StudyDataError(str(e)) from None
+    load_data(setup, args.data_dir)  # fail early, with the install hint, when Fashion-MNIST is missing
     args.out.mkdir(parents=True, exist_ok=True)
     csvs = {"norms": ResultsFile(args.out / "norms.csv"), "agc": ResultsFile(args.out / "agc.csv")}
     tasks = [(kind, t) for kind, make in (("norms", norm_tasks), ("agc", agc_tasks)) if args.only in (None, kind)

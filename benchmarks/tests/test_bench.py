@@ -31,6 +31,10 @@ def test_cpu_defaults_and_flags_given():
     assert (sizes.warmup, sizes.iters, sizes.variant, threads) == (0, 3, "f1", 1)  # a zero stays a zero
 
 
+def _must_not_run(*args):
+    raise AssertionError("the benchmark ran despite a bad argument")
+
+
 BAD_ARGS = [
     (["--variant", "f9"], "--variant"),
     (["--device", "tpu"], "--device"),
@@ -46,7 +50,8 @@ BAD_ARGS = [
 
 
 @pytest.mark.parametrize("argv, fragment", BAD_ARGS)
-def test_bad_arguments_are_one_line(argv, fragment, capsys):
+def test_bad_arguments_are_one_line(argv, fragment, capsys, monkeypatch):
+    monkeypatch.setattr(bench, "run", _must_not_run)
     line = assert_one_line_error(bench.main, argv, capsys, expect=fragment)
     assert line.startswith(bench.PROG)
 

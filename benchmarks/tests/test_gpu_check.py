@@ -101,8 +101,13 @@ BAD_ARGS = [
 ]
 
 
+def _must_not_run(*args):
+    raise AssertionError("the check ran despite a bad argument")
+
+
 @pytest.mark.parametrize("argv, fragment", BAD_ARGS)
-def test_bad_arguments_are_one_line(argv, fragment, capsys, tmp_path):
+def test_bad_arguments_are_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(gpu_check, "run", _must_not_run)
     out = [] if "--out" in argv or not argv else ["--out", str(tmp_path)]
     line = assert_one_line_error(main, out + argv, capsys, expect=fragment)
     assert line.startswith(gpu_check.PROG)

@@ -9,7 +9,7 @@ import torch.nn as nn
 from nfzoo.layers import NORMS
 from nfzoo.models.nfnet import NFBlock
 from reproduction.experiments import GROUPED, NORMS as STUDY_NORMS, Setup, build_network
-from reproduction.networks import BATCH_DEPENDENT, MicroBatchNorm, SmallNFResNet, SmallResNet
+from reproduction.networks import BATCH_DEPENDENT, MicroBatchNorm, SmallNFResNet, SmallResNet, norm_factory
 
 TINY = dict(depth=8, widths=(4, 8, 8))
 
@@ -50,8 +50,7 @@ def test_batch_dependent_set_is_what_the_norms_do(norm):
     """BATCH_DEPENDENT, which decides which norms the study runs at every micro-batch, holds
     exactly the norms whose training output for one image changes with the rest of the batch."""
     torch.manual_seed(0)
-    choice = NORMS[norm]
-    layer = choice.layer_factory(2 if choice.num_groups else None)(4).double().train()
+    layer = norm_factory(norm, 2 if NORMS[norm].num_groups else None)(4).double().train()
     x = torch.randn(6, 4, 5, 5, dtype=torch.float64) * 10 + 5  # Batch Renorm clips: unclipped, it normalizes with running statistics
     fresh = copy.deepcopy(layer)
     alone, together = layer(x[:2])[0], fresh(x)[0]

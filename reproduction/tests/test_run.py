@@ -84,8 +84,13 @@ BAD_ARGS = [
 ]
 
 
+def _must_not_run(*args):
+    raise AssertionError("the study started despite a bad argument")
+
+
 @pytest.mark.parametrize("argv, fragment", BAD_ARGS)
-def test_bad_arguments_are_one_line(argv, fragment, capsys, tmp_path):
+def test_bad_arguments_are_one_line(argv, fragment, capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr(study, "load_data", _must_not_run)
     out = [] if "--out" in argv else ["--out", str(tmp_path / "out")]
     line = assert_one_line_error(study.main, argv + out, capsys, expect=fragment)
     assert line.startswith(study.PROG) and not (tmp_path / "out").exists()
