@@ -14,7 +14,7 @@ import torch.multiprocessing as mp
 from PIL import Image
 
 from eval_helpers import odd_items, planted_expectation, solid_image, write_planted_folder
-from nfzoo.evaluation.input_error import EvaluationError
+from nfzoo.evaluation import EvaluationError
 from nfzoo.evaluation.sources import image_folder
 from nfzoo.torchrun import start
 from test_eval_distributed import _evaluate, _source, _worker

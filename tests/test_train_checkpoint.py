@@ -7,7 +7,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from nfzoo.train import CHECKPOINT_NAME, Trainer, TrainConfig, load_checkpoint, read_metrics, save_checkpoint
-from nfzoo.weights.errors import CheckpointError
+from nfzoo.errors import CheckpointError
 from test_train import make_trainer
 
 

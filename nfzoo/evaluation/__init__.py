@@ -1,6 +1,6 @@
 """ImageNet validation harness: data sources, eval preprocessing from the pretrained cfg, a
 distributed evaluation loop, reports and plots, and the ``nfzoo-validate`` command."""
-from .input_error import EvaluationError
+from ..errors import EvaluationError
 from .loop import EvalOptions, EvalResult, evaluate
 from .preprocess import eval_data_config, eval_transform
 from .sources import open_source

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 from timm.data import ImageNetInfo
 
-from .input_error import EvaluationError
+from ..errors import EvaluationError
 
 __all__ = [
     "NUM_CLASSES", "imagenet_synsets", "val_file_name", "read_ground_truth", "read_devkit_meta",

@@ -17,9 +17,9 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from ..errors import EvaluationError
 from ..torchrun import Runtime
 from .sharding import gather_lists, max_over_processes, shard, sum_over_processes
-from .input_error import EvaluationError
 from .labels import RealLabels
 from .accuracy import TOPK, percent, topk_correct
 from .preprocess import eval_transform

@@ -18,12 +18,11 @@ import torch.nn as nn
 from timm.models import get_pretrained_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
+from ..errors import CheckpointError, EvaluationError
 from ..train.checkpoint import load_checkpoint, read_model_config
 from ..weights.checkpoints import check_torch_checkpoint
-from ..weights.errors import CheckpointError
 from ..weights.manifest import Checkpoint, manifest
 from ..torchrun import Runtime
-from .input_error import EvaluationError
 
 __all__ = ["expand_model_names", "expected_accuracy", "checkpoint_model_config", "create_model", "prepare_model",
            "count_params", "count_macs"]

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from ..atomic_files import write_atomic
 from ..cli import ArgumentParser, existing_file, run_cli
-from .input_error import EvaluationError
+from ..errors import EvaluationError
 from .results import read_results
 
 __all__ = ["accuracy_figure", "render_plot", "plot_accuracy_vs_throughput", "main"]

@@ -18,7 +18,7 @@ from PIL import Image
 from timm.data import create_transform, resolve_data_config
 from torchvision import transforms
 
-from .input_error import EvaluationError
+from ..errors import EvaluationError
 from .tf_resize import tf_bicubic_resize
 
 __all__ = ["RESIZES", "DEEPMIND_MARGIN", "eval_data_config", "eval_transform", "TfBicubicEval"]

@@ -8,7 +8,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .input_error import EvaluationError
+from ..errors import EvaluationError
 
 __all__ = ["FIELDS", "DEFAULT_TOLERANCE", "check_row", "format_results", "read_results", "format_table"]
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image
 from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
 
-from .input_error import EvaluationError
+from ..errors import EvaluationError
 from .labels import NUM_CLASSES, read_class_map, read_ground_truth
 
 __all__ = ["UndecodableImage", "FileSource", "ParquetSource", "image_folder", "flat_val_folder", "open_source"]

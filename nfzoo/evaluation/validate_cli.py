@@ -22,11 +22,10 @@ from .. import torchrun
 from ..atomic_files import write_files_atomic
 from ..cli import (ArgumentParser, device, existing_file, float_in, non_negative_float, non_negative_int,
                    positive_int, run_cli)
-from ..errors import NfzooError
+from ..errors import EvaluationError, NfzooError
 from ..fuse import fuse
 from ..machine import device_name
 from ..models._registry import zoo_name
-from .input_error import EvaluationError
 from .labels import RealLabels
 from .loop import AMP_DTYPES, EvalOptions, EvalResult, evaluate
 from .model_setup import (checkpoint_model_config, count_macs, count_params, create_model, expand_model_names,

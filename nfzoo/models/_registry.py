@@ -22,6 +22,7 @@ import timm
 from timm.models import register_model
 
 from ..timm_private import register_unlisted_alias, unregister_model
+from ..weights.publish import PUBLISHED_PREFIX, published_name
 
 __all__ = ["register_zoo_model", "published_name", "zoo_name", "PUBLISHED_PREFIX", "REPLACED_TIMM_MODELS", "ZOO_MODELS"]
 
@@ -29,12 +30,6 @@ F = TypeVar("F", bound=Callable)
 
 REPLACED_TIMM_MODELS: set[str] = set()
 ZOO_MODELS: set[str] = set()
-PUBLISHED_PREFIX = "nfzoo_"
-
-
-def published_name(name: str) -> str:
-    """The architecture name a zoo model states in its pretrained cfg and Hub ``config.json``."""
-    return name if name.startswith(PUBLISHED_PREFIX) else PUBLISHED_PREFIX + name
 
 
 def zoo_name(architecture: str) -> str:

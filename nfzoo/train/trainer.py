@@ -22,7 +22,7 @@ from .. import torchrun
 from ..atomic_files import remove_stale_temporaries
 from ..layers.ablation_norms import clamp_gates_
 from ..optim.param_groups import agc_parameters
-from ..weights.errors import CheckpointError
+from ..errors import CheckpointError
 from .checkpoint import (load_checkpoint, read_model_config, rng_state, save_checkpoint, set_rng_state,
                          write_model_config)
 from .config import TrainConfig
@@ -73,7 +73,7 @@ class Trainer:
 
     The checkpoint also holds the run's settings (``cfg`` and ``flags``): resuming with a setting
     outside :data:`RESUME_HONOURS` changed, or with another model, is refused with a
-    :class:`~nfzoo.weights.errors.CheckpointError` that names the differences.
+    :class:`~nfzoo.errors.CheckpointError` that names the differences.
 
     Args:
         on_step: called with the trainer after every step (and after that step's checkpoint).

@@ -39,7 +39,7 @@ import safetensors.torch
 import torch
 from timm.models import clean_state_dict
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .files import AllocationBudget, BoundedReader, checkpoint_format, check_readable
 
 __all__ = ["load_torch_file", "load_torch_state_dict", "check_torch_checkpoint", "PICKLE_FACTOR",

@@ -26,9 +26,8 @@ import torch
 import torch.nn as nn
 
 from ..atomic_files import check_output_dir, write_files_atomic
-from ..errors import NfzooError
+from ..errors import CheckpointError, NfzooError
 from .checkpoints import load_torch_state_dict
-from .errors import CheckpointError
 from .files import check_digest, sha256_file
 from .haiku import haiku_to_state_dict, load_haiku_params
 from .manifest import Checkpoint, manifest
@@ -115,8 +114,6 @@ def convert(
     :class:`~nfzoo.atomic_files.UnsafeOutputError` for an ``out_dir`` that is a file, holds the
     source, or (without ``overwrite``) holds files already.
     """
-    import nfzoo  # noqa: F401  (registers the zoo's models with timm)
-
     source, out_dir = Path(source), Path(out_dir)
     entry = manifest().get(name)
     source_format = _source_format(name, entry, source_format)

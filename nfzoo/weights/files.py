@@ -11,7 +11,7 @@ from typing import IO, Literal
 
 from safetensors import SafetensorError, safe_open
 
-from .errors import ChecksumError, CheckpointError
+from ..errors import ChecksumError, CheckpointError
 
 __all__ = ["file_digest", "sha256_file", "check_sha256", "check_digest", "check_readable", "checkpoint_format",
            "AllocationBudget", "BoundedReader"]

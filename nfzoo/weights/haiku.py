@@ -42,7 +42,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 from .files import AllocationBudget, BoundedReader
 
 __all__ = ["load_haiku_params", "haiku_to_state_dict", "HaikuTree"]

@@ -26,8 +26,8 @@ from huggingface_hub.errors import EntryNotFoundError
 from timm.models import resolve_pretrained_cfg
 
 from ..atomic_files import atomic_path
+from ..errors import CheckpointError, WeightsUnavailableError
 from ..timm_private import hf_split, pretrained_source
-from .errors import CheckpointError, WeightsUnavailableError
 from .checkpoints import check_torch_checkpoint
 from .files import check_sha256
 from .state_dict_fit import check_fits

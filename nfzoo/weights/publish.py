@@ -31,7 +31,6 @@ from huggingface_hub import HfApi
 
 from ..atomic_files import atomic_dir, check_output_dir
 from ..errors import NfzooError
-from ..models._registry import published_name
 from ..timm_private import save_config_for_hf
 from .convert import RECORD_FILE, WEIGHTS_FILE
 from .files import sha256_file
@@ -39,7 +38,7 @@ from .manifest import Checkpoint, checkpoint, paper
 
 __all__ = ["Measured", "Provenance", "PublishError", "write_repo", "write_trained_repo", "measured_from_results",
            "upload", "model_card", "trained_model_card", "hub_config", "provenance", "NFZOO_INSTALL",
-           "NFZOO_REQUIREMENT", "REPO_FILES"]
+           "NFZOO_REQUIREMENT", "REPO_FILES", "PUBLISHED_PREFIX", "published_name"]
 
 # What the published folder holds: the only files write_repo writes or replaces, and upload sends.
 REPO_FILES = (WEIGHTS_FILE, "config.json", "README.md")
@@ -48,6 +47,17 @@ NFZOO_INSTALL = ("clone the nfzoo repository and run `pip install .` in it, or `
                  "(nfzoo is not on PyPI)")
 NFZOO_REQUIREMENT = (f"To install nfzoo, {NFZOO_INSTALL}; then `import nfzoo` before timm or transformers loads "
                      "this model: nfzoo registers its architecture with timm")
+
+# What a zoo model's name becomes in its pretrained cfg and in a Hub config.json (see published_name).
+PUBLISHED_PREFIX = "nfzoo_"
+
+
+def published_name(name: str) -> str:
+    """The architecture name a zoo model states in its pretrained cfg and Hub ``config.json``:
+    ``nfzoo_<name>``, which plain timm (without ``import nfzoo``) does not know, so that it stops
+    with "Unknown model" instead of building its own, different model of the zoo's name."""
+    return name if name.startswith(PUBLISHED_PREFIX) else PUBLISHED_PREFIX + name
+
 
 # How the weights of each source format came to be, for the card of a verified file.
 _ORIGIN = {
@@ -155,8 +165,6 @@ def write_repo(
     in it kept; it may not be a file, nor equal to, inside or above ``weights_dir``
     (:class:`~nfzoo.atomic_files.UnsafeOutputError`, raised before anything is loaded).
     """
-    import nfzoo  # noqa: F401  (registers the zoo's models with timm)
-
     entry = checkpoint(name)
     weights_dir, out_dir = Path(weights_dir), Path(out_dir)
     weights = weights_dir / WEIGHTS_FILE

@@ -6,7 +6,7 @@ from collections.abc import Callable, Iterable
 import torch
 import torch.nn as nn
 
-from .errors import CheckpointError
+from ..errors import CheckpointError
 
 __all__ = ["check_fits", "check_values"]
 
