@@ -14,13 +14,12 @@ import torch
 from torch.utils.data import TensorDataset
 
 from ..errors import NfzooError
+from ..models.nfnet_mini import FASHION_MNIST_CLASSES
 
 __all__ = ["FASHION_MNIST_DIR", "FASHION_MNIST_CLASSES", "FASHION_MNIST_DATA_CONFIG", "fashion_mnist", "read_idx",
            "DatasetError", "DatasetNotFoundError"]
 
 FASHION_MNIST_DIR = Path(os.environ.get("NFZOO_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
-FASHION_MNIST_CLASSES = ("T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
-                         "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot")
 _FILES = {"train": "train-{}-idx{}-ubyte.gz", "test": "t10k-{}-idx{}-ubyte.gz"}
 _MEAN, _STD = 0.2860, 0.3530  # of the Fashion-MNIST training images
 # How a model trained on :func:`fashion_mnist` expects an image file (timm's data config keys).

@@ -174,7 +174,8 @@ def write_repo(
     model = timm.create_model(name, pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
     origin = provenance(entry, weights, _read_record(weights_dir / RECORD_FILE))
     return _write_folder(model, out_dir, overwrite, [weights_dir], lambda config: hub_config(config, entry),
-                         lambda num_params, sha: model_card(entry, origin, measured, num_params, sha))
+                         lambda num_params, sha: model_card(entry, origin, measured, num_params, sha,
+                                                            in_chans=model.pretrained_cfg["input_size"][0]))
 
 
 def _write_folder(model: torch.nn.Module, out_dir: Path, overwrite: bool, apart_from: list[Path],
@@ -213,7 +214,7 @@ def write_trained_repo(
     with. ``out_dir`` follows :func:`write_repo`'s rules, apart from the checkpoint's folder.
     """
     from ..evaluation.model_setup import create_model  # the one way to build a checkpoint's model
-    from ..train.checkpoint import load_checkpoint, read_model_config
+    from ..train.run_state import load_checkpoint, read_model_config
 
     checkpoint_file, out_dir = Path(checkpoint_file), Path(out_dir)
     check_output_dir(out_dir, overwrite, apart_from=[checkpoint_file.parent])
@@ -287,11 +288,11 @@ def _percent(value: float | None) -> str:
 
 
 def model_card(entry: Checkpoint, origin: Provenance, measured: Measured | None, num_params: int,
-               published_sha256: str) -> str:
+               published_sha256: str, in_chans: int | None = None) -> str:
     """The README.md of the Hub repository. Provenance and expected accuracy come from the
     manifest entry, and only for its verified file (:func:`provenance`); any other file gets a
     card that says its source file could not be verified and states neither. Each file the
-    card names has one digest."""
+    card names has one digest. ``in_chans`` 1 adds how transformers' pipeline gets one channel."""
     cite = paper(entry.paper)
     license_ = entry.license if entry.license != "unspecified" else "other"
     measured_row = (f"| measured ({measured.setup}) | {measured.top1:.2f} | {measured.top5:.2f} |"
@@ -336,7 +337,7 @@ datasets:
 |---|---|---|
 {expected_row}{measured_row}
 
-{_usage(published_name(entry.model), entry.publish_repo)}
+{_usage(published_name(entry.model), entry.publish_repo, in_chans)}
 ## Citation
 
 ```bibtex
@@ -351,7 +352,7 @@ def _usage(architecture: str, repo: str, in_chans: int | None = None) -> str:
     grayscale = "" if in_chans != 1 else f"""
 The model takes one-channel (grayscale) images. transformers' `pipeline("image-classification")`
 converts an image file or a PIL image to RGB, which this model refuses (its first conv expects 1
-channel); give it the image as a 2-d array, which the pipeline reads as grayscale:
+channel); give it the image as an (H, W, 1) array, which the pipeline reads as grayscale:
 
 ```python
 import numpy as np
@@ -360,7 +361,8 @@ from transformers import pipeline
 import nfzoo
 
 classifier = pipeline("image-classification", model="{repo}")
-print(classifier(np.asarray(Image.open("image.png").convert("L"))))  # [{{'label': ..., 'score': ...}}, ...]
+image = np.asarray(Image.open("image.png").convert("L"))[:, :, None]
+print(classifier(image))  # [{{'label': <class name>, 'score': ...}}, ...]
 ```
 """
     return f"""## Usage
