@@ -16,7 +16,7 @@ from eval_helpers import odd_items, solid_image, write_planted_folder
 from nfzoo.evaluation.validate_cli import main
 from nfzoo.evaluation.results import FIELDS
 from nfzoo.machine import device_name
-from nfzoo.train.checkpoint import save_checkpoint
+from nfzoo.train.run_state import save_checkpoint
 from nfzoo.weights.manifest import Checkpoint
 
 FAST = ["--model", "test_resnet", "--img-size", "32", "--batch-size", "4", "--workers", "0", "--no-progress"]

@@ -20,7 +20,7 @@ from PIL import Image
 from cli_helpers import assert_one_line_error
 from nfzoo.errors import CheckpointError, NfzooError
 from nfzoo.train import CHECKPOINT_NAME, TrainConfig, Trainer, load_checkpoint, read_metrics
-from nfzoo.train.checkpoint import MODEL_CONFIG_KEYS, read_model_config
+from nfzoo.train.run_state import MODEL_CONFIG_KEYS, read_model_config
 from nfzoo.train.config import TrainConfigError
 from nfzoo.train.metrics_log import MetricsLog
 from nfzoo.train.train_cli import build_parser, main

@@ -13,7 +13,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 
 from nfzoo.evaluation.model_setup import create_model
-from nfzoo.train.checkpoint import load_checkpoint, rng_state
+from nfzoo.train.run_state import load_checkpoint, rng_state
 from nfzoo.weights import CheckpointError
 from nfzoo.weights import checkpoints
 from nfzoo.weights.checkpoints import PICKLE_FACTOR, PICKLE_SLACK, load_torch_file, load_torch_state_dict

@@ -19,7 +19,7 @@ from timm.models import get_pretrained_cfg
 from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import CheckpointError, EvaluationError
-from ..train.checkpoint import load_checkpoint, read_model_config
+from ..train.run_state import load_checkpoint, read_model_config
 from ..weights.checkpoints import check_torch_checkpoint
 from ..weights.manifest import Checkpoint, manifest
 from ..torchrun import Runtime

@@ -23,8 +23,8 @@ from ..atomic_files import remove_stale_temporaries
 from ..layers.ablation_norms import clamp_gates_
 from ..optim.param_groups import agc_parameters
 from ..errors import CheckpointError
-from .checkpoint import (load_checkpoint, read_model_config, rng_state, save_checkpoint, set_rng_state,
-                         write_model_config)
+from .run_state import (load_checkpoint, read_model_config, rng_state, save_checkpoint, set_rng_state,
+                        write_model_config)
 from .config import TrainConfig
 from .ema import TF1WarmupEma
 from .metrics_log import MetricsLog, MetricsPlot, read_metrics
@@ -82,7 +82,7 @@ class Trainer:
             ``inputs_per_output`` attribute (1 if absent) is how many samples it receives per
             output: each step draws that many times the batch (:mod:`nfzoo.train.steps`).
         model_config: what a reader of the checkpoint needs to rebuild and evaluate the model
-            (:data:`~nfzoo.train.checkpoint.MODEL_CONFIG_KEYS`); stored in every checkpoint and
+            (:data:`~nfzoo.train.run_state.MODEL_CONFIG_KEYS`); stored in every checkpoint and
             written to ``<output_dir>/model_config.json``.
         flags: settings of the run beyond ``cfg`` (the command line's), checked on resume like ``cfg``.
     """
