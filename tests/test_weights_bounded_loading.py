@@ -1,5 +1,5 @@
 """PyTorch checkpoints load in memory bounded by their size, on every load path, and without
-running code: the pickle pre-scan of nfzoo.weights.checkpoints, then torch.load(weights_only=True)."""
+running code: the pickle pre-scan of nfzoo.weights.torch_files, then torch.load(weights_only=True)."""
 import codecs
 import io
 import pickle
@@ -16,7 +16,7 @@ from nfzoo.evaluation.model_setup import create_model
 from nfzoo.train.run_state import load_checkpoint, rng_state
 from nfzoo.weights import CheckpointError
 from nfzoo.weights import checkpoints
-from nfzoo.weights.checkpoints import PICKLE_FACTOR, PICKLE_SLACK, load_torch_file, load_torch_state_dict
+from nfzoo.weights.torch_files import PICKLE_FACTOR, PICKLE_SLACK, load_torch_file, load_torch_state_dict
 from nfzoo.weights.convert import convert
 from pickle_helpers import CALLS, Call, opcode_streams, peak_bytes, record
 from test_weights_loading import build

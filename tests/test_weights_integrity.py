@@ -10,7 +10,7 @@ import torch
 
 from hub_cache import add_to_hf_cache
 from nfzoo.weights import CheckpointError, ChecksumError
-from nfzoo.weights.checkpoints import load_torch_state_dict
+from nfzoo.weights.torch_files import load_torch_state_dict
 from nfzoo.weights.files import check_sha256
 from test_weights_loading import REPO, TinyNet, build, cfg, manifest_entry, weights  # noqa: F401
 

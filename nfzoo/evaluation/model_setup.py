@@ -20,7 +20,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from ..errors import CheckpointError, EvaluationError
 from ..train.run_state import load_checkpoint, read_model_config
-from ..weights.checkpoints import check_torch_checkpoint
+from ..weights.torch_files import check_torch_checkpoint
 from ..weights.manifest import Checkpoint, manifest
 from ..torchrun import Runtime
 

@@ -25,7 +25,7 @@ import torch
 
 from ..atomic_files import atomic_open, write_atomic
 from ..errors import CheckpointError
-from ..weights.checkpoints import load_torch_file
+from ..weights.torch_files import load_torch_file
 
 __all__ = ["save_checkpoint", "load_checkpoint", "rng_state", "set_rng_state", "MODEL_CONFIG_KEYS",
            "MODEL_CONFIG_FILE", "read_model_config", "write_model_config"]

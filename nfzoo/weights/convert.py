@@ -27,7 +27,7 @@ import torch.nn as nn
 
 from ..atomic_files import check_output_dir, write_files_atomic
 from ..errors import CheckpointError, NfzooError
-from .checkpoints import load_torch_state_dict
+from .torch_files import load_torch_state_dict
 from .files import check_digest, sha256_file
 from .haiku import haiku_to_state_dict, load_haiku_params
 from .manifest import Checkpoint, manifest

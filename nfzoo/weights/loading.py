@@ -28,7 +28,7 @@ from timm.models import resolve_pretrained_cfg
 from ..atomic_files import atomic_path
 from ..errors import CheckpointError, WeightsUnavailableError
 from ..timm_private import hf_split, pretrained_source
-from .checkpoints import check_torch_checkpoint
+from .torch_files import check_torch_checkpoint
 from .files import check_sha256
 from .state_dict_fit import check_fits
 from .manifest import Checkpoint, manifest
