@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from nfzoo.evaluation.model_setup import create_model
 from nfzoo.train.run_state import load_checkpoint, rng_state
 from nfzoo.weights import CheckpointError
-from nfzoo.weights import checkpoints
+from nfzoo.weights import torch_files
 from nfzoo.weights.torch_files import PICKLE_FACTOR, PICKLE_SLACK, load_torch_file, load_torch_state_dict
 from nfzoo.weights.convert import convert
 from pickle_helpers import CALLS, Call, opcode_streams, peak_bytes, record
@@ -210,7 +210,7 @@ def test_torch_load_itself_refuses_code_when_the_scan_is_bypassed(tmp_path, monk
     CALLS.clear()
     with pytest.raises(CheckpointError, match="could run code"):
         load_torch_state_dict(path)  # the scan refuses it
-    monkeypatch.setattr(checkpoints, "_scan_zip", lambda path: None)
+    monkeypatch.setattr(torch_files, "_scan_zip", lambda path: None)
     with pytest.raises(CheckpointError, match="could run code"):
         load_torch_state_dict(path)
     assert CALLS == []
