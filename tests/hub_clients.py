@@ -6,7 +6,8 @@ that nobody here wrote does, and print the logits for a saved input, or the erro
 CLIENT is ``timm`` (``timm.create_model('hf-hub:' + SOURCE, pretrained=True)``, SOURCE a repo id
 in the offline cache that HF_HUB_CACHE names) or ``transformers``
 (``AutoModelForImageClassification.from_pretrained(SOURCE)``, SOURCE a folder); NFZOO is 1 to
-``import nfzoo`` first, 0 not to.
+``import nfzoo`` first, 0 not to. The result also holds the class names the client shows
+(transformers' ``id2label``, timm's ``pretrained_cfg['label_names']``).
 """
 import json
 import sys
@@ -32,7 +33,9 @@ def main() -> None:
         with torch.no_grad():
             out = model(x)
         logits = out if isinstance(out, torch.Tensor) else out.logits
-        result = {"logits": logits.tolist()}
+        config = getattr(model, "config", None)
+        labels = list(config.id2label.values()) if config is not None else model.pretrained_cfg.get("label_names")
+        result = {"logits": logits.tolist(), "labels": labels}
     except Exception as e:  # the message is what the test checks
         result = {"error": f"{type(e).__name__}: {e}"}
     result["nfzoo_imported"] = "nfzoo" in sys.modules

@@ -18,6 +18,7 @@ import torch
 import nfzoo
 from hub_cache import add_to_hf_cache
 from nfzoo.models._registry import published_name
+from nfzoo.models.nfnet_mini import FASHION_MNIST_CLASSES
 from nfzoo.weights.publish import write_repo
 
 CLIENTS = Path(__file__).with_name("hub_clients.py")
@@ -69,6 +70,7 @@ def test_published_folder_with_nfzoo_gives_nfzoos_logits(setup, client):
     result = run_client(client, True, source, setup["x"], setup["cache"])
     assert "error" not in result, result.get("error")
     torch.testing.assert_close(torch.tensor(result["logits"]), setup["logits"])
+    assert result["labels"] == list(FASHION_MNIST_CLASSES)  # not transformers' LABEL_0 ...
 
 
 @pytest.mark.parametrize("with_nfzoo", [False, True])
