@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nfzoo.downstream import norms
-from nfzoo.downstream.norms import gn_groups, to_group_norm
+from nfzoo.downstream import head_norms
+from nfzoo.downstream.head_norms import gn_groups, to_group_norm
 from nfzoo.layers import WSConv2d
 
 smp = pytest.importorskip("segmentation_models_pytorch")
@@ -70,7 +70,7 @@ def test_failed_conversion_leaves_the_model_unchanged(monkeypatch):
             raise RuntimeError("cannot convert")
         return WSConv2d(conv.in_channels, conv.out_channels, conv.kernel_size)
 
-    monkeypatch.setattr(norms, "_to_ws", fail_on_second)
+    monkeypatch.setattr(head_norms, "_to_ws", fail_on_second)
     with pytest.raises(RuntimeError, match="cannot convert"):
         to_group_norm(model)
     assert _kinds(model) == kinds

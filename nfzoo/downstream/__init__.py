@@ -2,8 +2,8 @@
 with one or two images per device needs (docs/downstream.md)."""
 from .backbone import FeatureBackbone, FPNBackbone, feature_backbone, fpn_backbone
 from .detection import faster_rcnn, mask_rcnn
-from .microbatch import use_estimated_batch_stats
-from .norms import to_group_norm
+from .estimated_bn import use_estimated_batch_stats
+from .head_norms import to_group_norm
 from .segmentation import deeplabv3
 
 __all__ = [

@@ -19,7 +19,7 @@ from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
 
 from .backbone import FPNBackbone, feature_backbone
-from .norms import HEAD_NORMS, HeadNorm, to_group_norm
+from .head_norms import HEAD_NORMS, HeadNorm, to_group_norm
 
 __all__ = ["faster_rcnn", "mask_rcnn"]
 

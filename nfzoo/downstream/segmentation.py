@@ -14,7 +14,7 @@ from torchvision.models.segmentation import DeepLabV3
 from torchvision.models.segmentation.deeplabv3 import DeepLabHead
 
 from .backbone import feature_backbone
-from .norms import HEAD_NORMS, HeadNorm, to_group_norm
+from .head_norms import HEAD_NORMS, HeadNorm, to_group_norm
 
 __all__ = ["deeplabv3", "ATROUS_RATES"]
 

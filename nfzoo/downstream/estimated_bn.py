@@ -1,4 +1,4 @@
-"""Micro-batch training of BCN backbones: the estimated-statistics batch part.
+"""Estimated batch statistics in BCN backbones, for training with micro-batches.
 
 The released BCN+WS weights were trained with ordinary batch statistics in BCN's batch part.
 Fine-tuned with one or two images per device those statistics are noise, so the authors switch
