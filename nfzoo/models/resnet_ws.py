@@ -27,7 +27,7 @@ from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.models import generate_default_cfgs
 from timm.models.resnet import Bottleneck, ResNet
 
-from ..layers.norm_choices import NORMS, NormChoice, get_norm
+from ..layers.norm_by_name import NORMS, NormChoice, get_norm
 from ..optim.param_groups import no_weight_decay_names
 from ..weights import manifest, pretrained_cfg
 from ..weights.state_dict_fit import check_fits
