@@ -17,7 +17,7 @@ import torch
 
 import nfzoo
 from hub_cache import add_to_hf_cache
-from nfzoo.models._registry import published_name
+from nfzoo.weights.publish import published_name
 from nfzoo.models.nfnet_mini import FASHION_MNIST_CLASSES
 from nfzoo.weights.publish import write_repo
 

@@ -25,7 +25,7 @@ from ..cli import (ArgumentParser, device, existing_file, float_in, non_negative
 from ..errors import EvaluationError, NfzooError
 from ..fuse import fuse
 from ..machine import device_name
-from ..models._registry import zoo_name
+from ..models import zoo_name
 from .labels import RealLabels
 from .loop import AMP_DTYPES, EvalOptions, EvalResult, evaluate
 from .model_setup import (checkpoint_model_config, count_macs, count_params, create_model, expand_model_names,
