@@ -8,12 +8,15 @@ function (to float round-off) with less work:
 * every weight-standardized conv of the zoo (:class:`~nfzoo.layers.ScaledStdConv2d`,
   :class:`~nfzoo.layers.WSConv2d` and its 1d/3d siblings) becomes a plain ``nn.Conv1d/2d/3d``
   holding the standardized weight;
-* each NFNet / NF-ResNet block becomes a :class:`~nfzoo.models.nfnet.FusedNFBlock`, with the
+* each NFNet / NF-ResNet / NF-RegNet block becomes a :class:`FusedNFBlock`, with the
   activations' gammas, the block's beta, alpha, the skip gain and the squeeze-excite's factor 2
   folded into its convs and its residual add;
 * in a stem (an ``nn.Sequential``), a gamma-scaled activation followed by a conv hands its gamma
   to the conv's weight;
 * every ``nn.GELU`` becomes an :class:`InferenceGELU`, the same values by torch's faster CPU routes.
+
+Each of these folds is defined here, once, and :func:`fuse` applies them in one walk over the
+model, each to a module whose children are already fused.
 
 The result runs without weight arithmetic, exports to ONNX and TorchScript, compiles with
 ``torch.compile`` in one graph and traces with ``torch.fx``. Its 2-d convs hold
@@ -52,9 +55,10 @@ from timm.layers.padding import get_same_padding, pad_same
 from .errors import NfzooError
 from .layers.activations import GammaAct
 from .layers.std_conv import is_weight_standardized
-from .models.nfnet import FusedNFBlock, NFBlock
+from .models.nfnet import NFBlock
 
-__all__ = ["fuse", "inference_gelu", "InferenceGELU", "InputSizeError", "PaddedConv2d", "SamePadConv2d"]
+__all__ = ["fuse", "FusedNFBlock", "inference_gelu", "InferenceGELU", "InputSizeError", "PaddedConv2d",
+           "SamePadConv2d"]
 
 torch.fx.wrap("pad_same")  # one node in a trace: the padding depends on the input's size
 
@@ -180,6 +184,51 @@ def _plain_conv(conv: nn.Module, in_hw: Sequence[int] | None, fused_for: Sequenc
     return plain.train(conv.training)
 
 
+class FusedNFBlock(nn.Module):
+    """An :class:`~nfzoo.models.nfnet.NFBlock` for inference, made by :func:`fuse`: the same function of ``x``
+    with every constant factor folded into the convs, in fewer passes over the activations.
+
+    ``conv(gamma * g(x)) == conv_with(gamma * W)(g(x))``, so each activation's gamma (and the
+    block's beta) moves into the weight of the conv that reads it (the average pool of the
+    projection shortcut is linear, so the factor passes through it); alpha, the skip gain and
+    the squeeze-excite's 2 become one per-channel scale of the residual branch, applied by the
+    residual add itself. Stochastic depth is the identity at inference and is dropped. A
+    squeeze-excite inside the branch (NF-RegNet's ``attn``) is kept as it is.
+    """
+
+    def __init__(self, block: NFBlock):
+        super().__init__()
+        if not all(isinstance(c, nn.Conv2d) and not hasattr(c, "gain")
+                   for c in (block.conv1, block.conv2, block.conv3)):
+            raise TypeError("FusedNFBlock takes a block whose convs are already plain (nfzoo.fuse makes them)")
+        gamma = block.act.gamma
+        self.act = block.act.act
+        self.downsample, self.conv1, self.conv2 = block.downsample, block.conv1, block.conv2
+        self.conv2b, self.conv3, self.attn_last = block.conv2b, block.conv3, block.attn_last
+        self.attn = block.attn
+        with torch.no_grad():
+            for conv, scale in ((self.conv1, gamma * block.beta), (self.conv2, gamma), (self.conv2b, gamma),
+                                (self.conv3, gamma), (getattr(self.downsample, "conv", None), gamma * block.beta)):
+                if conv is not None:
+                    conv.weight.mul_(scale)
+            residual_scale = block.skipinit_gain.detach() * block.alpha * (2.0 if self.attn_last is not None else 1.0)
+        self.register_buffer("residual_scale", residual_scale.clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.act(x)
+        shortcut = x if self.downsample is None else self.downsample(out)
+        out = self.conv2(self.act(self.conv1(out)))
+        if self.conv2b is not None:
+            out = self.conv2b(self.act(out))
+        if self.attn is not None:
+            out = self.attn(out)
+        out = self.conv3(self.act(out))
+        scale = self.residual_scale
+        if self.attn_last is not None:
+            scale = torch.sigmoid(self.attn_last.logits(out)) * scale
+        return torch.addcmul(shortcut, out, scale.to(out.dtype))
+
+
 def _fold_gammas(seq: nn.Sequential) -> None:
     """In ``seq``, hand each gamma-scaled activation's gamma to the plain conv after it."""
     layers = list(seq.named_children())
@@ -212,6 +261,26 @@ def _input_sizes(model: nn.Module, input_size: Sequence[int]) -> dict[str, tuple
     return sizes
 
 
+def _fuse_children(module: nn.Module, path: str, in_sizes: dict[str, tuple[int, ...]],
+                   fused_for: Sequence[int] | None) -> None:
+    """Replace each child of ``module`` (named ``path``) by its fused form, the child's own children
+    first: a WS conv by a plain conv, an :class:`NFBlock` by a :class:`FusedNFBlock`, an
+    ``nn.GELU`` by an :class:`InferenceGELU`; in an ``nn.Sequential``, a gamma-scaled activation
+    hands its gamma to the plain conv after it."""
+    for name, child in list(module.named_children()):
+        child_path = f"{path}.{name}" if path else name
+        if is_weight_standardized(child):
+            setattr(module, name, _plain_conv(child, in_sizes.get(child_path), fused_for))
+            continue
+        _fuse_children(child, child_path, in_sizes, fused_for)
+        if isinstance(child, NFBlock):
+            setattr(module, name, FusedNFBlock(child).train(child.training))
+        elif type(child) is nn.GELU:
+            setattr(module, name, InferenceGELU(child.approximate))
+    if isinstance(module, nn.Sequential):
+        _fold_gammas(module)
+
+
 def fuse(model: nn.Module, input_size: Sequence[int] | None = None, inplace: bool = False,
          memory_format: torch.memory_format | None = torch.channels_last) -> nn.Module:
     """Replace every weight-standardized conv of ``model`` by a plain conv with the standardized
@@ -238,21 +307,7 @@ def fuse(model: nn.Module, input_size: Sequence[int] | None = None, inplace: boo
     fused_for = tuple(input_size[-2:]) if input_size is not None else None
     if not inplace:
         model = copy.deepcopy(model)
-    for name, module in list(model.named_modules()):
-        for child_name, child in list(module.named_children()):
-            if is_weight_standardized(child):
-                path = f"{name}.{child_name}" if name else child_name
-                setattr(module, child_name, _plain_conv(child, in_sizes.get(path), fused_for))
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if isinstance(child, NFBlock):
-                setattr(module, child_name, FusedNFBlock(child).train(child.training))
-        if isinstance(module, nn.Sequential):
-            _fold_gammas(module)
-    for module in list(model.modules()):
-        for child_name, child in list(module.named_children()):
-            if type(child) is nn.GELU:
-                setattr(module, child_name, InferenceGELU(child.approximate))
+    _fuse_children(model, "", in_sizes, fused_for)
     if memory_format is not None:
         for module in model.modules():
             if isinstance(module, nn.Conv2d):

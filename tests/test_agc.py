@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from nfzoo.optim import AGC, adaptive_grad_clip_
+from nfzoo.optim import adaptive_grad_clip_, attach_agc
 
 
 def reference_clip(weight: torch.Tensor, grad: torch.Tensor, clip: float, eps: float) -> torch.Tensor:
@@ -96,7 +96,7 @@ def test_clip_and_eps_must_be_finite_positive(clip, eps):
     with pytest.raises(ValueError, match="finite positive"):
         adaptive_grad_clip_([p], clip=clip, eps=eps)
     with pytest.raises(ValueError, match="finite positive"):
-        AGC(torch.optim.SGD([p], lr=0.1), exclude=[], clip=clip, eps=eps)
+        attach_agc(torch.optim.SGD([p], lr=0.1), exclude=[], clip=clip, eps=eps)
     assert torch.equal(p.grad, torch.full((4, 3), 100.0))
 
 
@@ -104,7 +104,7 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="positive"):
         adaptive_grad_clip_([], clip=0.0)
     with pytest.raises(TypeError, match="Optimizer"):
-        AGC(object())
+        attach_agc(object())
 
 
 class Tiny(nn.Module):
@@ -145,8 +145,9 @@ def test_wrapper_skips_classifier_and_steps():
     torch.manual_seed(0)
     model = Tiny()
     expected = _reference_sgd_step(model, lr=0.1)
-    opt = AGC(torch.optim.SGD(model.parameters(), lr=0.1), model)
-    assert {id(p) for p in opt.clipped_parameters()} == {
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    agc = attach_agc(opt, model)
+    assert {id(p) for p in agc.clipped_parameters()} == {
         id(p) for p in model.parameters() if p is not model.head.fc.weight}  # the bias is clipped
     x, y = _batch()
     nn.functional.cross_entropy(model(x), y).backward()
@@ -160,15 +161,16 @@ def test_wrapper_skips_classifier_and_steps():
 def test_wrapper_without_classifier_needs_explicit_exclude():
     model = nn.Conv2d(3, 3, 1)  # no pretrained_cfg, no get_classifier(), no nn.Linear
     with pytest.raises(ValueError, match="exclude"):
-        AGC(torch.optim.SGD(model.parameters(), lr=0.1), model)
-    opt = AGC(torch.optim.SGD(model.parameters(), lr=0.1), exclude=[model.bias])
-    assert opt.clipped_parameters() == [model.weight]
+        attach_agc(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    agc = attach_agc(torch.optim.SGD(model.parameters(), lr=0.1), exclude=[model.bias])
+    assert agc.clipped_parameters() == [model.weight]
 
 
 def test_lr_scheduler_and_checkpoint():
     torch.manual_seed(0)
     model = Tiny()
-    opt = AGC(torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9), model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    agc = attach_agc(opt, model)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
     x, y = _batch()
     with warnings.catch_warnings():
@@ -178,13 +180,14 @@ def test_lr_scheduler_and_checkpoint():
             nn.functional.cross_entropy(model(x), y).backward()
             opt.step()
             sched.step()
-    assert opt.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
-    assert opt.param_groups is opt.optimizer.param_groups
+    assert agc.optimizer.param_groups[0]["lr"] == pytest.approx(0.025)
+    assert opt.param_groups is agc.optimizer.param_groups
 
     restored_model = copy.deepcopy(model)
-    restored = AGC(torch.optim.SGD(restored_model.parameters(), lr=1.0, momentum=0.9), restored_model)
+    restored = torch.optim.SGD(restored_model.parameters(), lr=1.0, momentum=0.9)
+    restored_agc = attach_agc(restored, restored_model)
     restored.load_state_dict(copy.deepcopy(opt.state_dict()))
-    assert restored.param_groups is restored.optimizer.param_groups  # still the live groups
+    assert restored.param_groups is restored_agc.optimizer.param_groups  # still the live groups
     assert restored.param_groups[0]["lr"] == pytest.approx(0.025)
     for a, b in zip(model.parameters(), restored_model.parameters()):
         torch.testing.assert_close(opt.state[a]["momentum_buffer"], restored.state[b]["momentum_buffer"])
@@ -194,7 +197,8 @@ def test_grad_scaler_clips_unscaled_grads():
     torch.manual_seed(0)
     model = Tiny()
     expected = _reference_sgd_step(model, lr=0.1)
-    opt = AGC(torch.optim.SGD(model.parameters(), lr=0.1), model)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    attach_agc(opt, model)
     scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
     x, y = _batch()
     scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
@@ -214,4 +218,44 @@ def test_fused_inner_optimizer_still_gets_unscaled_grads():
     model = Tiny()
     inner = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     assert getattr(inner, "_step_supports_amp_scaling", False)
-    assert not getattr(AGC(inner, model), "_step_supports_amp_scaling", False)
+    attach_agc(inner, model)
+    assert not getattr(inner, "_step_supports_amp_scaling", False)
+
+
+def test_fused_optimizer_under_grad_scaler_clips_unscaled_grads():
+    """A fused Adam unscales inside its step, after AGC's hook; attached, the scaler unscales
+    first, so the update is Adam's on the reference-clipped unscaled gradients."""
+    torch.manual_seed(0)
+    model = Tiny()
+    ref = copy.deepcopy(model)
+    x, y = _batch()
+    nn.functional.cross_entropy(ref(x), y).backward()
+    for name, p in ref.named_parameters():
+        if name != "head.fc.weight":
+            p.grad = reference_clip(p.detach(), p.grad, 0.01, 1e-3)
+    torch.optim.Adam(ref.parameters(), lr=1e-2).step()
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2, fused=True)
+    attach_agc(opt, model)
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**12)
+    scaler.scale(nn.functional.cross_entropy(model(x), y)).backward()
+    scaler.step(opt)
+    for (name, p), r in zip(model.named_parameters(), ref.parameters()):
+        torch.testing.assert_close(p.detach(), r.detach(), msg=name)
+
+
+def test_remove_detaches_and_one_agc_per_optimizer():
+    model = Tiny()
+    opt = torch.optim.SGD(model.parameters(), lr=0.0)
+    agc = attach_agc(opt, model)
+    with pytest.raises(ValueError, match="already has AGC"):
+        attach_agc(opt, model)
+    grads = [torch.full_like(p, 1e3) for p in model.parameters()]
+    agc.remove()
+    for p, g in zip(model.parameters(), grads):
+        p.grad = g.clone()
+    opt.step()  # no clip once removed
+    assert all(torch.equal(p.grad, g) for p, g in zip(model.parameters(), grads))
+    attach_agc(opt, model)  # and another may be attached
+    opt.step()
+    assert not torch.equal(model.conv.weight.grad, grads[0])

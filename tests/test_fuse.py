@@ -8,7 +8,7 @@ import nfzoo
 from nfzoo.fuse import InferenceGELU, InputSizeError, PaddedConv2d
 from nfzoo.layers import GammaAct, ScaledStdConv2d, WSConv1d, WSConv2d, WSConv3d
 from nfzoo.layers.std_conv import is_weight_standardized
-from nfzoo.models.nfnet import FusedNFBlock
+from nfzoo.fuse import FusedNFBlock
 
 
 class TinyWS(nn.Module):

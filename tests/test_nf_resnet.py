@@ -10,7 +10,7 @@ from torchvision.models.resnet import Bottleneck, ResNet
 
 import nfzoo  # noqa: F401  (registers the models)
 from _nf_reference import nf_resnet_logits
-from nfzoo.models._checkpoint_filter import checkpoint_filter_fn
+from nfzoo.models.nfnet import checkpoint_filter_fn
 
 # DeepMind's release, nfnets/nf_resnet.py (NF_ResNet.variant_dict): stage depths per variant.
 DEEPMIND_DEPTHS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3),

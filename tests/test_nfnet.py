@@ -14,7 +14,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import nfzoo
 from _nf_reference import NFNET_PARAMS, nfnet_logits, nfnet_param_count
-from nfzoo.models._checkpoint_filter import checkpoint_filter_fn
+from nfzoo.models.nfnet import checkpoint_filter_fn
 from nfzoo.weights.loading import fitting_filter
 from nfzoo.models.nfnet import NFNet, NFNetCfg
 

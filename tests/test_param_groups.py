@@ -1,5 +1,5 @@
 """The weight-decay and AGC rule (nfzoo.optim.param_groups): against DeepMind's grouping, and
-every caller (models, training recipe, fine-tuning optimizer, AGC wrapper, timm's factory) agreeing."""
+every caller (models, training recipe, fine-tuning optimizer, AGC hook, timm's factory) agreeing."""
 import pytest
 import timm
 import timm.optim
@@ -8,7 +8,7 @@ import torch.nn as nn
 
 from nfzoo.downstream.finetune_optimizer import create_optimizer, param_groups
 from nfzoo.layers import SqueezeExcite
-from nfzoo.optim import AGC, DEEPMIND_BATCH, DEEPMIND_CLIP, clip_for_batch
+from nfzoo.optim import DEEPMIND_BATCH, DEEPMIND_CLIP, attach_agc, attached_agc, clip_for_batch
 from nfzoo.optim.param_groups import agc_parameters
 from nfzoo.train import TrainConfig
 from nfzoo.train.optimizer import build_optimizer
@@ -75,8 +75,8 @@ def test_every_caller_uses_the_same_groups(name):
         == no_decay
     clipped = everything - unclipped
     assert names_of(model, agc_parameters(model)) == clipped  # the recipe's trainer and the benchmark
-    assert names_of(model, AGC(torch.optim.SGD(model.parameters(), lr=0.1), model).clipped_parameters()) == clipped
-    assert names_of(model, create_optimizer(model, lr=0.1, agc_clip=0.01).clipped_parameters()) == clipped
+    assert names_of(model, attach_agc(torch.optim.SGD(model.parameters(), lr=0.1), model).clipped_parameters()) == clipped
+    assert names_of(model, attached_agc(create_optimizer(model, lr=0.1, agc_clip=0.01)).clipped_parameters()) == clipped
 
 
 def test_nfnet_groups_follow_deepmind():

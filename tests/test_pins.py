@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 
 import nfzoo  # noqa: F401
 from nfzoo.models.nfnet import NFBlock
-from nfzoo.optim import AGC, adaptive_grad_clip_
+from nfzoo.optim import adaptive_grad_clip_, attach_agc
 from nfzoo.train import TrainConfig, Trainer
 from nfzoo.train.optimizer import clip_gradients
 from test_agc import reference_clip
@@ -48,7 +48,9 @@ def test_the_function_default_eps_is_1e_3():
 
 def test_the_wrapper_default_eps_is_1e_3():
     p = _zero_weight_with_gradient()
-    AGC(torch.optim.SGD([p], lr=1.0), clip=CLIP).step()
+    optimizer = torch.optim.SGD([p], lr=1.0)
+    attach_agc(optimizer, clip=CLIP)
+    optimizer.step()
     torch.testing.assert_close(_unit_norms(p.detach()), torch.full((3,), CLIP * 1e-3), rtol=1e-6, atol=0)
 
 

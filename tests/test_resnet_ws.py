@@ -218,3 +218,21 @@ def test_norm_choice_errors():
     with pytest.raises(ValueError, match="unknown arch"):
         build_resnet_ws("resnet18", "gn_ws")
     assert build_resnet_ws("resnet50", "gn_ws", norm_groups=16).layer1[0].bn1.num_groups == 16
+
+
+def test_pretrained_load_checks_the_fit_once(tmp_path, monkeypatch):
+    """One key and shape check per load: the builder's, with this family's options."""
+    import nfzoo.models.resnet_ws as resnet_ws
+    import nfzoo.weights.loading as loading
+
+    calls, original = [], loading.check_fits
+
+    def counted(*args, **kwargs):
+        calls.append(kwargs.get("describe"))
+        return original(*args, **kwargs)
+    monkeypatch.setattr(loading, "check_fits", counted)
+    monkeypatch.setattr(resnet_ws, "check_fits", counted)
+    path = tmp_path / "rn50_gn_ws.pth"
+    torch.save(checkpoint("resnet50", False), path)
+    timm.create_model("resnet50_gn_ws", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert len(calls) == 1 and calls[0] is not None  # the check that describes both sides

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 from timm.optim import create_optimizer_v2
 
-from ..optim import AGC
+from ..optim import attach_agc
 from ..optim.param_groups import agc_parameters, weight_decay_groups
 from .backbone import FeatureBackbone
 
@@ -35,7 +35,8 @@ def create_optimizer(
     """``timm.optim.create_optimizer_v2`` over :func:`param_groups` (``opt`` is a timm optimizer
     name: ``'momentum'`` is SGD with momentum 0.9, ``'sgd'`` adds Nesterov, ``'adamw'`` ...).
 
-    ``agc_clip`` wraps it in :class:`nfzoo.optim.AGC` with that threshold, for NF backbones. In a
+    ``agc_clip`` attaches AGC with that threshold (:func:`nfzoo.optim.attach_agc`; its hook is
+    ``nfzoo.optim.attached_agc(optimizer)``), for NF backbones. In a
     model built by :mod:`nfzoo.downstream` only the backbone is clipped: AGC is what stabilizes
     the normalizer-free network, the FPN and heads are normalized, and the final predictors are
     the layers the NFNet paper leaves unclipped. In a plain timm model the classifier's weight is
@@ -46,4 +47,5 @@ def create_optimizer(
         return optimizer
     backbones = [m for m in model.modules() if isinstance(m, FeatureBackbone)]
     clipped = {id(p) for p in agc_parameters(model, within=backbones or None)}
-    return AGC(optimizer, clip=agc_clip, exclude=[p for p in model.parameters() if id(p) not in clipped])
+    attach_agc(optimizer, clip=agc_clip, exclude=[p for p in model.parameters() if id(p) not in clipped])
+    return optimizer

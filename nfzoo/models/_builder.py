@@ -20,6 +20,7 @@ def build_zoo_model(
     pretrained: bool,
     *,
     checkpoint_filter: Callable[[dict, nn.Module], dict] | None = None,
+    fit_options: dict[str, Any] | None = None,
     **kwargs: Any,
 ) -> nn.Module:
     """Build ``model_cls`` through timm's ``build_model_with_cfg``.
@@ -27,7 +28,10 @@ def build_zoo_model(
     Every zoo family goes through here, so pretrained loading behaves the same for all of
     them: weights are fetched and checked against the manifest's sha256 first
     (:func:`~nfzoo.weights.loading.resolve_pretrained_file`), and a checkpoint that does not
-    fit the model fails with a clear message. ``kwargs`` are passed to ``build_model_with_cfg``
+    fit the model fails with a clear message. ``checkpoint_filter`` maps a checkpoint onto the
+    model's keys; the fit is checked once, after it (``pretrained_strict=False`` skips the
+    check), with a family's ``fit_options`` (:func:`~nfzoo.weights.state_dict_fit.check_fits`'s
+    ``optional`` and ``describe``). ``kwargs`` are passed to ``build_model_with_cfg``
     (``model_cfg``, ``feature_cfg``, model arguments ...).
     A pretrained tag (``create_model('name.tag')``) that the model does not have is refused
     with the list of those it has; Hub weights missing from an offline cache are reported with
@@ -47,7 +51,7 @@ def build_zoo_model(
             kwargs["pretrained_cfg_overlay"] = resolve_pretrained_file(
                 variant, kwargs.get("pretrained_cfg"), kwargs.get("pretrained_cfg_overlay"), kwargs.get("cache_dir"))
             if kwargs.get("pretrained_strict", True):
-                checkpoint_filter = fitting_filter(checkpoint_filter)
+                checkpoint_filter = fitting_filter(checkpoint_filter, **(fit_options or {}))
         model = build_model_with_cfg(
             model_cls, variant, pretrained, pretrained_filter_fn=checkpoint_filter, **kwargs)
         model.pretrained_cfg["architecture"] = published_name(variant)

@@ -40,7 +40,7 @@ WIDTH_MULT = 0.75
 @dataclass(frozen=True)
 class NFRegNetVariant:
     """One row of ``nf_regnet_params`` (base.py), and the variant's weight decay
-    (experiment_nf_regnets.py)."""
+    (experiment_nf_regnets.py). No weights exist, so the evaluation size is the release's."""
     widths: tuple[int, int, int, int]  # before the 0.75 width multiplier
     depths: tuple[int, int, int, int]
     train_size: int  # px
@@ -51,15 +51,24 @@ class NFRegNetVariant:
 
 
 VARIANTS: dict[str, NFRegNetVariant] = {
-    "b0": NFRegNetVariant((48, 104, 208, 440), (1, 3, 6, 6), 192, 224, 0.2, 5e-5),
-    "b1": NFRegNetVariant((48, 104, 208, 440), (2, 4, 7, 7), 224, 256, 0.2, 6e-5),
-    "b2": NFRegNetVariant((56, 112, 232, 488), (2, 4, 8, 8), 240, 272, 0.3, 7e-5),
-    "b3": NFRegNetVariant((56, 128, 248, 528), (2, 5, 9, 9), 288, 320, 0.3, 8e-5),
-    "b4": NFRegNetVariant((64, 144, 288, 616), (2, 6, 11, 11), 320, 384, 0.4, 9e-5),
-    "b5": NFRegNetVariant((80, 168, 336, 704), (3, 7, 14, 14), 384, 456, 0.4, 1e-4),
-    "b6": NFRegNetVariant((88, 184, 376, 792), (3, 8, 16, 16), 448, 528, 0.5, 1.1e-4),
-    "b7": NFRegNetVariant((96, 208, 416, 880), (4, 10, 19, 19), 512, 600, 0.5, 1.2e-4),
-    "b8": NFRegNetVariant((104, 232, 456, 968), (4, 11, 22, 22), 600, 672, 0.5, 1.3e-4),
+    "b0": NFRegNetVariant(widths=(48, 104, 208, 440), depths=(1, 3, 6, 6), train_size=192, test_size=224,
+                          drop_rate=0.2, weight_decay=5e-5),
+    "b1": NFRegNetVariant(widths=(48, 104, 208, 440), depths=(2, 4, 7, 7), train_size=224, test_size=256,
+                          drop_rate=0.2, weight_decay=6e-5),
+    "b2": NFRegNetVariant(widths=(56, 112, 232, 488), depths=(2, 4, 8, 8), train_size=240, test_size=272,
+                          drop_rate=0.3, weight_decay=7e-5),
+    "b3": NFRegNetVariant(widths=(56, 128, 248, 528), depths=(2, 5, 9, 9), train_size=288, test_size=320,
+                          drop_rate=0.3, weight_decay=8e-5),
+    "b4": NFRegNetVariant(widths=(64, 144, 288, 616), depths=(2, 6, 11, 11), train_size=320, test_size=384,
+                          drop_rate=0.4, weight_decay=9e-5),
+    "b5": NFRegNetVariant(widths=(80, 168, 336, 704), depths=(3, 7, 14, 14), train_size=384, test_size=456,
+                          drop_rate=0.4, weight_decay=1e-4),
+    "b6": NFRegNetVariant(widths=(88, 184, 376, 792), depths=(3, 8, 16, 16), train_size=448, test_size=528,
+                          drop_rate=0.5, weight_decay=1.1e-4),
+    "b7": NFRegNetVariant(widths=(96, 208, 416, 880), depths=(4, 10, 19, 19), train_size=512, test_size=600,
+                          drop_rate=0.5, weight_decay=1.2e-4),
+    "b8": NFRegNetVariant(widths=(104, 232, 456, 968), depths=(4, 11, 22, 22), train_size=600, test_size=672,
+                          drop_rate=0.5, weight_decay=1.3e-4),
 }
 
 

@@ -44,13 +44,13 @@ from ..layers import DropPath, GammaAct, ScaledStdConv2d, SqueezeExcite
 from ..layers.std_conv import StdNumerics, is_weight_standardized
 from ..optim.param_groups import no_weight_decay_names
 from ..timm_private import feature_take_indices
-from ..weights import pretrained_cfg
+from ..weights.manifest import checkpoint, manifest, pretrained_cfg
+from ..weights.loading import unwrap_state_dict
 from ._arguments import check_model_args
 from ._builder import build_zoo_model
-from ._checkpoint_filter import checkpoint_filter_fn
 from ._registry import register_zoo_model
 
-__all__ = ["NFNet", "NFNetCfg", "NFBlock", "FusedNFBlock", "expected_std_betas"]
+__all__ = ["NFNet", "NFNetCfg", "NFBlock", "checkpoint_filter_fn", "expected_std_betas"]
 
 # DeepMind's GELU is jax.nn.gelu (tanh approximation); timm uses the exact (erf) GELU.
 _GELU_FOR_NUMERICS = {"deepmind": "gelu_tanh", "timm": "gelu"}
@@ -178,51 +178,6 @@ class NFBlock(nn.Module):
         # shortcut + alpha * gain * out, in out's dtype: under autocast, addcmul runs in its widest
         # input's dtype, and a float32 gain would turn the whole residual stream to float32
         return torch.addcmul(shortcut, out, (self.skipinit_gain * self.alpha).to(out.dtype))
-
-
-class FusedNFBlock(nn.Module):
-    """An :class:`NFBlock` for inference, made by :func:`nfzoo.fuse`: the same function of ``x``
-    with every constant factor folded into the convs, in fewer passes over the activations.
-
-    ``conv(gamma * g(x)) == conv_with(gamma * W)(g(x))``, so each activation's gamma (and the
-    block's beta) moves into the weight of the conv that reads it (the average pool of the
-    projection shortcut is linear, so the factor passes through it); alpha, the skip gain and
-    the squeeze-excite's 2 become one per-channel scale of the residual branch, applied by the
-    residual add itself. Stochastic depth is the identity at inference and is dropped. A
-    squeeze-excite inside the branch (NF-RegNet's ``attn``) is kept as it is.
-    """
-
-    def __init__(self, block: NFBlock):
-        super().__init__()
-        if not all(isinstance(c, nn.Conv2d) and not hasattr(c, "gain")
-                   for c in (block.conv1, block.conv2, block.conv3)):
-            raise TypeError("FusedNFBlock takes a block whose convs are already plain (nfzoo.fuse makes them)")
-        gamma = block.act.gamma
-        self.act = block.act.act
-        self.downsample, self.conv1, self.conv2 = block.downsample, block.conv1, block.conv2
-        self.conv2b, self.conv3, self.attn_last = block.conv2b, block.conv3, block.attn_last
-        self.attn = block.attn
-        with torch.no_grad():
-            for conv, scale in ((self.conv1, gamma * block.beta), (self.conv2, gamma), (self.conv2b, gamma),
-                                (self.conv3, gamma), (getattr(self.downsample, "conv", None), gamma * block.beta)):
-                if conv is not None:
-                    conv.weight.mul_(scale)
-            residual_scale = block.skipinit_gain.detach() * block.alpha * (2.0 if self.attn_last is not None else 1.0)
-        self.register_buffer("residual_scale", residual_scale.clone())
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out = self.act(x)
-        shortcut = x if self.downsample is None else self.downsample(out)
-        out = self.conv2(self.act(self.conv1(out)))
-        if self.conv2b is not None:
-            out = self.conv2b(self.act(out))
-        if self.attn is not None:
-            out = self.attn(out)
-        out = self.conv3(self.act(out))
-        scale = self.residual_scale
-        if self.attn_last is not None:
-            scale = torch.sigmoid(self.attn_last.logits(out)) * scale
-        return torch.addcmul(shortcut, out, scale.to(out.dtype))
 
 
 class SameMaxPool2d(MaxPool2dSame):
@@ -462,6 +417,12 @@ class NFNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
+def checkpoint_filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, torch.Tensor]:
+    """The filter of every model built on :class:`NFNet`: its keys are timm's ``dm_nfnet`` layout,
+    used as they are once unwrapped (:func:`~nfzoo.weights.loading.unwrap_state_dict`)."""
+    return unwrap_state_dict(state_dict)
+
+
 def create_nf_model(variant: str, cfg: NFNetCfg, pretrained: bool = False, **kwargs: Any) -> NFNet:
     """Build a registered NFNet or NF-ResNet variant through the zoo's builder."""
     # features_only returns every level by default: the stem's and one per stage (timm's
@@ -480,22 +441,23 @@ def nf_pretrained_cfg(**kwargs: Any) -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class NFNetVariant:
-    """One row of DeepMind's variant table (``nfnet_params`` in base.py; Table 1 of the paper)."""
+    """One row of DeepMind's variant table (``nfnet_params`` in base.py; Table 1 of the paper).
+    The evaluation size of a variant with weights is its manifest entry's ``test_size``."""
     depths: tuple[int, int, int, int]
     train_size: int  # px
-    test_size: int  # px
     drop_rate: float
+    test_size: int | None = None  # px; only for a variant without weights (F7)
 
 
 VARIANTS: dict[str, NFNetVariant] = {
-    "f0": NFNetVariant((1, 2, 6, 3), 192, 256, 0.2),
-    "f1": NFNetVariant((2, 4, 12, 6), 224, 320, 0.3),
-    "f2": NFNetVariant((3, 6, 18, 9), 256, 352, 0.4),
-    "f3": NFNetVariant((4, 8, 24, 12), 320, 416, 0.4),
-    "f4": NFNetVariant((5, 10, 30, 15), 384, 512, 0.5),
-    "f5": NFNetVariant((6, 12, 36, 18), 416, 544, 0.5),
-    "f6": NFNetVariant((7, 14, 42, 21), 448, 576, 0.5),
-    "f7": NFNetVariant((8, 16, 48, 24), 480, 608, 0.5),
+    "f0": NFNetVariant(depths=(1, 2, 6, 3), train_size=192, drop_rate=0.2),
+    "f1": NFNetVariant(depths=(2, 4, 12, 6), train_size=224, drop_rate=0.3),
+    "f2": NFNetVariant(depths=(3, 6, 18, 9), train_size=256, drop_rate=0.4),
+    "f3": NFNetVariant(depths=(4, 8, 24, 12), train_size=320, drop_rate=0.4),
+    "f4": NFNetVariant(depths=(5, 10, 30, 15), train_size=384, drop_rate=0.5),
+    "f5": NFNetVariant(depths=(6, 12, 36, 18), train_size=416, drop_rate=0.5),
+    "f6": NFNetVariant(depths=(7, 14, 42, 21), train_size=448, drop_rate=0.5),
+    "f7": NFNetVariant(depths=(8, 16, 48, 24), train_size=480, drop_rate=0.5, test_size=608),
 }
 # FN+ ("slightly wider"): widths 384, 768, 2048, 2048, so the stem ends in 384 // 2 channels
 PLUS_WIDTHS = (384, 768, 2048, 2048)
@@ -505,21 +467,28 @@ model_cfgs |= {f"nfnet_{v}_plus": NFNetCfg(depths=row.depths, drop_rate=row.drop
                                            stem_width=PLUS_WIDTHS[0] // 2) for v, row in VARIANTS.items()}
 
 
+def _weights_tag(variant: str) -> str | None:
+    """The manifest name of NFNet-FN's weights (FN+ shares FN's evaluation size), or None."""
+    name = f"nfnet_{variant}.dm_in1k"
+    return name if name in manifest() else None
+
+
 def _cfg(variant: str, plus: bool) -> dict[str, Any]:
-    row = VARIANTS[variant]
+    row, tag = VARIANTS[variant], _weights_tag(variant)
     size = dict(input_size=(3, row.train_size, row.train_size), pool_size=(row.train_size // 32,) * 2)
-    if variant == "f7" or plus:
-        return nf_pretrained_cfg(
-            url="", test_input_size=(3, row.test_size, row.test_size), crop_pct=row.test_size / (row.test_size + 32),
-            crop_mode="squash", paper_ids="arXiv:2102.06171", license="apache-2.0",
-            notes=(f"DeepMind released no NFNet-{variant.upper()}{'+' if plus else ''} weights (F0-F6 only); "
-                   "this model is architecture only.",),
-            **size)
-    return pretrained_cfg(f"nfnet_{variant}.dm_in1k", **nf_pretrained_cfg(**size))
+    if tag is not None and not plus:
+        return pretrained_cfg(tag, **nf_pretrained_cfg(**size))
+    test_size = checkpoint(tag).test_size if tag is not None else row.test_size
+    return nf_pretrained_cfg(
+        url="", test_input_size=(3, test_size, test_size), crop_pct=test_size / (test_size + 32),
+        crop_mode="squash", paper_ids="arXiv:2102.06171", license="apache-2.0",
+        notes=(f"DeepMind released no NFNet-{variant.upper()}{'+' if plus else ''} weights (F0-F6 only); "
+               "this model is architecture only.",),
+        **size)
 
 
 default_cfgs = generate_default_cfgs(
-    {f"nfnet_{v}.dm_in1k": _cfg(v, False) for v in VARIANTS if v != "f7"} | {"nfnet_f7": _cfg("f7", False)}
+    {(_weights_tag(v) or f"nfnet_{v}"): _cfg(v, False) for v in VARIANTS}
     | {f"nfnet_{v}_plus": _cfg(v, True) for v in VARIANTS})
 
 
@@ -529,49 +498,49 @@ def _create(name: str, pretrained: bool, kwargs: dict[str, Any]) -> NFNet:
 
 @register_zoo_model
 def nfnet_f0(pretrained: bool = False, **kwargs: Any) -> NFNet:
-    """NFNet-F0 (DeepMind), 71.5 M params; weights ``dm_in1k`` (83.6 % top-1)."""
+    """NFNet-F0 (DeepMind); weights ``dm_in1k`` (docs/models.md)."""
     return _create("nfnet_f0", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f1(pretrained: bool = False, **kwargs: Any) -> NFNet:
-    """NFNet-F1 (DeepMind), 132.6 M params; weights ``dm_in1k`` (84.7 % top-1)."""
+    """NFNet-F1 (DeepMind); weights ``dm_in1k`` (docs/models.md)."""
     return _create("nfnet_f1", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f2(pretrained: bool = False, **kwargs: Any) -> NFNet:
-    """NFNet-F2 (DeepMind), 193.8 M params; weights ``dm_in1k`` (85.1 % top-1)."""
+    """NFNet-F2 (DeepMind); weights ``dm_in1k`` (docs/models.md)."""
     return _create("nfnet_f2", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f3(pretrained: bool = False, **kwargs: Any) -> NFNet:
-    """NFNet-F3 (DeepMind), 254.9 M params; weights ``dm_in1k`` (85.7 % top-1)."""
+    """NFNet-F3 (DeepMind); weights ``dm_in1k`` (docs/models.md)."""
     return _create("nfnet_f3", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f4(pretrained: bool = False, **kwargs: Any) -> NFNet:
-    """NFNet-F4 (DeepMind), 316.1 M params; weights ``dm_in1k`` (85.9 % top-1)."""
+    """NFNet-F4 (DeepMind); weights ``dm_in1k`` (docs/models.md)."""
     return _create("nfnet_f4", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f5(pretrained: bool = False, **kwargs: Any) -> NFNet:
-    """NFNet-F5 (DeepMind), 377.2 M params; weights ``dm_in1k`` (86.0 % top-1)."""
+    """NFNet-F5 (DeepMind); weights ``dm_in1k`` (docs/models.md)."""
     return _create("nfnet_f5", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f6(pretrained: bool = False, **kwargs: Any) -> NFNet:
-    """NFNet-F6 (DeepMind), 438.4 M params; weights ``dm_in1k`` (86.5 % top-1 with SAM)."""
+    """NFNet-F6 (DeepMind); weights ``dm_in1k`` (docs/models.md)."""
     return _create("nfnet_f6", pretrained, kwargs)
 
 
 @register_zoo_model
 def nfnet_f7(pretrained: bool = False, **kwargs: Any) -> NFNet:
-    """NFNet-F7 (DeepMind's largest), about 499.5 M params; no weights were ever released."""
+    """NFNet-F7 (DeepMind's largest); no weights were released."""
     return _create("nfnet_f7", pretrained, kwargs)
 
 

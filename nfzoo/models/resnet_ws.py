@@ -30,10 +30,10 @@ from timm.models.resnet import Bottleneck, ResNet
 from ..layers.norm_by_name import NORMS, NormChoice, get_norm
 from ..optim.param_groups import no_weight_decay_names
 from ..weights import manifest, pretrained_cfg
+from ..weights.loading import unwrap_state_dict
 from ..weights.state_dict_fit import check_fits
 from ._arguments import check_model_args
 from ._builder import build_zoo_model
-from ._checkpoint_filter import unwrap_state_dict
 from ._registry import register_zoo_model
 
 __all__ = ["ResNetWS", "ResNetWSCfg", "build_resnet_ws", "checkpoint_filter_fn", "ARCHS"]
@@ -50,10 +50,10 @@ class ResNetWSCfg:
 
 
 ARCHS: dict[str, ResNetWSCfg] = {
-    "resnet50": ResNetWSCfg((3, 4, 6, 3)),
-    "resnet101": ResNetWSCfg((3, 4, 23, 3)),
-    "resnext50_32x4d": ResNetWSCfg((3, 4, 6, 3), cardinality=32, base_width=4),
-    "resnext101_32x4d": ResNetWSCfg((3, 4, 23, 3), cardinality=32, base_width=4),
+    "resnet50": ResNetWSCfg(depths=(3, 4, 6, 3)),
+    "resnet101": ResNetWSCfg(depths=(3, 4, 23, 3)),
+    "resnext50_32x4d": ResNetWSCfg(depths=(3, 4, 6, 3), cardinality=32, base_width=4),
+    "resnext101_32x4d": ResNetWSCfg(depths=(3, 4, 23, 3), cardinality=32, base_width=4),
 }
 
 # The registered models: those with the authors' weights.
@@ -166,22 +166,32 @@ def _rename(key: str) -> str:
     return re.sub(r"(^|\.)gn(\d)\.", r"\1bn\2.", key)
 
 
-def checkpoint_filter_fn(checkpoint: dict[str, Any], model: ResNetWS) -> dict[str, torch.Tensor]:
+def _to_model_keys(checkpoint: dict[str, Any], model: ResNetWS) -> dict[str, torch.Tensor]:
     """The authors' GN+WS / BCN+WS files (``module.`` prefix, BCN's ``pbn`` and per-group
     affine), OpenMMLab's GN+WS mirrors (``{'state_dict': ...}``, ``gnX`` names) or our own
-    state dicts, as this model's state dict; a clear error for another architecture or norm.
+    state dicts, under this model's keys; a clear error for a checkpoint of another norm.
     """
     state_dict = {_rename(k): v for k, v in unwrap_state_dict(checkpoint).items()}
-    expected = model.state_dict()
     arch = getattr(model, "pretrained_cfg", {}).get("architecture") or type(model).__name__
-    have, want = _norm_kind(state_dict), _norm_kind(expected)
+    have, want = _norm_kind(state_dict), _norm_kind(model.state_dict())
     if have != want:
         raise ValueError(
             f"the checkpoint has {_NORM_KINDS[have]} layers but this {arch} model uses {_NORM_KINDS[want]}; "
             f"build the model with the checkpoint's norm (e.g. build_resnet_ws(arch, norm=...) or the matching "
             f"*_{'bcn_ws' if have == 'bcn' else 'gn_ws'} model)")
-    check_fits(state_dict, model, "the checkpoint", skip=[model.get_classifier(name_only=True)],
-               optional=_OPTIONAL_KEYS, describe=_describe)
+    return state_dict
+
+
+# What the fit check of this family adds (nfzoo.weights.state_dict_fit.check_fits)
+_FIT_OPTIONS = dict(optional=_OPTIONAL_KEYS, describe=_describe)
+
+
+def checkpoint_filter_fn(checkpoint: dict[str, Any], model: ResNetWS) -> dict[str, torch.Tensor]:
+    """A checkpoint of this family (see :func:`_to_model_keys`) as this model's state dict, checked
+    to fit it (a clear error for another architecture or norm). A pretrained load runs the same
+    mapping and one fit check, in the zoo's builder."""
+    state_dict = _to_model_keys(checkpoint, model)
+    check_fits(state_dict, model, "the checkpoint", skip=[model.get_classifier(name_only=True)], **_FIT_OPTIONS)
     return state_dict
 
 
@@ -214,7 +224,7 @@ def build_resnet_ws(arch: str = "resnet50", norm: str = "gn_ws", pretrained: boo
                 f"{sorted(m for m in MODELS if m.startswith(arch + '_'))}")
         kwargs.setdefault("pretrained_cfg", _cfg())
     return build_zoo_model(
-        ResNetWS, variant, pretrained, checkpoint_filter=checkpoint_filter_fn,
+        ResNetWS, variant, pretrained, checkpoint_filter=_to_model_keys, fit_options=_FIT_OPTIONS,
         model_cfg=replace(ARCHS[arch], norm=norm), **kwargs)
 
 
@@ -228,25 +238,25 @@ def _build_registered(arch: str, norm: str, pretrained: bool, kwargs: dict[str, 
 
 @register_zoo_model
 def resnet50_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
-    """ResNet-50 v1.5, GroupNorm (32 groups) + WS; authors' weights 76.28 top-1."""
+    """ResNet-50 v1.5, GroupNorm (32 groups) + WS; authors' weights."""
     return _build_registered("resnet50", "gn_ws", pretrained, kwargs)
 
 
 @register_zoo_model
 def resnet101_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
-    """ResNet-101 v1.5, GroupNorm (32 groups) + WS; authors' weights 77.90 top-1."""
+    """ResNet-101 v1.5, GroupNorm (32 groups) + WS; authors' weights."""
     return _build_registered("resnet101", "gn_ws", pretrained, kwargs)
 
 
 @register_zoo_model
 def resnext50_32x4d_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
-    """ResNeXt-50 32x4d, GroupNorm (32 groups) + WS; authors' weights 77.29 top-1."""
+    """ResNeXt-50 32x4d, GroupNorm (32 groups) + WS; authors' weights."""
     return _build_registered("resnext50_32x4d", "gn_ws", pretrained, kwargs)
 
 
 @register_zoo_model
 def resnext101_32x4d_gn_ws(pretrained: bool = False, **kwargs: Any) -> ResNetWS:
-    """ResNeXt-101 32x4d, GroupNorm (32 groups) + WS; authors' weights 78.20 top-1."""
+    """ResNeXt-101 32x4d, GroupNorm (32 groups) + WS; authors' weights."""
     return _build_registered("resnext101_32x4d", "gn_ws", pretrained, kwargs)
 
 

@@ -24,7 +24,8 @@ fourth passes mostly vanish.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import weakref
+from collections.abc import Iterable
 
 import torch
 import torch.distributed as dist
@@ -34,7 +35,7 @@ from torch.optim import Optimizer
 
 from .param_groups import agc_exempt_names
 
-__all__ = ["AGC", "adaptive_grad_clip_", "clip_for_batch", "DEEPMIND_BATCH", "DEEPMIND_CLIP"]
+__all__ = ["AGCHook", "attach_agc", "attached_agc", "adaptive_grad_clip_", "clip_for_batch", "DEEPMIND_BATCH", "DEEPMIND_CLIP"]
 
 GRAD_NORM_FLOOR = 1e-6
 
@@ -139,8 +140,8 @@ def adaptive_grad_clip_(parameters: Iterable[torch.Tensor], clip: float = 0.01, 
     Parameters without a gradient are skipped. Call it on *unscaled* gradients (after
     ``GradScaler.unscale_``) and, under DDP, after backward (the gradients are then all-reduced).
     Nothing is excluded here: pass only the parameters to clip
-    (:func:`nfzoo.optim.param_groups.agc_parameters`), or use the :class:`AGC` optimizer
-    wrapper, which does it.
+    (:func:`nfzoo.optim.param_groups.agc_parameters`), or attach it to an optimizer with
+    :func:`attach_agc`, which does it.
     """
     _check_clip(clip, eps)
     params = [p for p in parameters if p.grad is not None]
@@ -166,16 +167,58 @@ def adaptive_grad_clip_(parameters: Iterable[torch.Tensor], clip: float = 0.01, 
             torch._foreach_mul_([g for g, _ in scaled], [f.to(g.dtype) for g, f in scaled])
 
 
-class AGC(Optimizer):
-    """Wraps any optimizer so that each ``step()`` first applies adaptive gradient clipping.
+class AGCHook:
+    """Adaptive gradient clipping attached to an optimizer: made by :func:`attach_agc`, which
+    explains what it does. ``remove()`` detaches it."""
 
-    The wrapper *is* the optimizer as far as the rest of torch is concerned: ``param_groups``,
-    ``state`` and ``defaults`` are the wrapped optimizer's own objects (LR schedulers, timm's
-    schedulers and ``add_param_group`` act on them), and ``state_dict()`` / ``load_state_dict()``
-    are the wrapped optimizer's, so a checkpoint is interchangeable with one of the bare optimizer.
+    def __init__(self, optimizer: Optimizer, clip: float, eps: float, excluded: list[torch.Tensor]):
+        self.clip, self.eps = clip, eps
+        self._excluded = {id(p) for p in excluded}
+        self.optimizer = optimizer
+        # GradScaler unscales in the fused step itself for an optimizer that advertises it, which
+        # is after this hook: attached, the optimizer is unscaled before its step, as any other
+        self._fused_scaling = optimizer.__dict__.pop("_step_supports_amp_scaling", None)
+        self._handle = optimizer.register_step_pre_hook(self._clip)
+        _ATTACHED[optimizer] = weakref.ref(self)  # weak both ways: the registry keeps nothing alive
+
+    def clipped_parameters(self) -> list[torch.Tensor]:
+        """What each step clips: every parameter of every group of the optimizer but the excluded."""
+        return [p for g in self.optimizer.param_groups for p in g["params"] if id(p) not in self._excluded]
+
+    def _clip(self, optimizer: Optimizer, args: tuple, kwargs: dict) -> None:
+        adaptive_grad_clip_(self.clipped_parameters(), self.clip, self.eps)
+
+    def remove(self) -> None:
+        """Detach: the optimizer steps without clipping, as before :func:`attach_agc`."""
+        self._handle.remove()
+        _ATTACHED.pop(self.optimizer, None)
+        if self._fused_scaling is not None:
+            self.optimizer._step_supports_amp_scaling = self._fused_scaling
+
+    def __repr__(self) -> str:
+        return f"AGCHook(clip={self.clip}, eps={self.eps}, excluded={len(self._excluded)} params)"
+
+
+_ATTACHED: weakref.WeakKeyDictionary[Optimizer, weakref.ref[AGCHook]] = weakref.WeakKeyDictionary()
+
+
+def attach_agc(
+    optimizer: Optimizer,
+    model: nn.Module | None = None,
+    *,
+    clip: float = 0.01,
+    eps: float = 1e-3,
+    exclude: Iterable[torch.Tensor] = (),
+) -> AGCHook:
+    """Make every ``optimizer.step()`` first clip the gradients (:func:`adaptive_grad_clip_`), by a
+    step pre-hook (``Optimizer.register_step_pre_hook``); returns the hook (``remove()`` detaches it).
+
+    The optimizer stays itself: LR schedulers, timm's schedulers, ``add_param_group`` (its
+    parameters are clipped too), ``state_dict()`` / ``load_state_dict()`` and checkpoints are
+    those of the bare optimizer.
 
     Args:
-        optimizer: the optimizer to wrap (SGD, AdamW, LAMB, ... any ``torch.optim.Optimizer``).
+        optimizer: any ``torch.optim.Optimizer`` (SGD, AdamW, LAMB, ...), at most one AGC each.
         model: when given, its classifier's weight (``head.fc.weight`` for NFNets) is not
             clipped, as in DeepMind's recipe (:mod:`nfzoo.optim.param_groups`; the bias is).
         clip: the clipping threshold lambda; see :func:`clip_for_batch` for the published value
@@ -187,13 +230,13 @@ class AGC(Optimizer):
 
         scaler.scale(loss).backward()
         scaler.step(opt)   # unscales the grads, skips the step on inf/NaN, else calls opt.step(),
-                           # which clips the *unscaled* grads and then steps the wrapped optimizer
+                           # whose hook clips the *unscaled* grads before the update
         scaler.update()
 
-    If you call ``scaler.unscale_(opt)`` yourself (e.g. to log the grad norm), do it before
-    ``scaler.step(opt)`` as usual; the clip still runs inside ``step`` on the unscaled grads. The
-    wrapper deliberately does not advertise ``_step_supports_amp_scaling`` even when the wrapped
-    optimizer is fused, so that the scaler always unscales before the clip.
+    A fused optimizer (``fused=True``) would unscale inside its step, after the hook; attaching
+    turns that off on this optimizer (``remove()`` turns it back on), so the scaler unscales
+    before the step, as for any other. A closure passed to ``step`` is evaluated by the
+    optimizer after the hook: its gradients are not clipped, so use AGC without closures.
 
     Under DDP the clip runs at step time, after backward, on the all-reduced gradients, so every
     replica clips identically. Under FSDP2 (``torch.distributed.fsdp.fully_shard``) parameters and
@@ -202,69 +245,20 @@ class AGC(Optimizer):
     result is the unsharded one (every process must call ``step``). Flat parameters (FSDP1
     ``use_orig_params=False``, ZeRO) are not supported: their units are split across ranks.
     """
+    if not isinstance(optimizer, Optimizer):
+        raise TypeError(f"attach_agc takes a torch.optim.Optimizer, got {type(optimizer).__name__}")
+    if optimizer in _ATTACHED:
+        raise ValueError("this optimizer already has AGC attached: remove() its hook (attached_agc(optimizer)) "
+                         "before attaching another")
+    _check_clip(clip, eps)
+    excluded = list(exclude)
+    if model is not None:
+        params = dict(model.named_parameters())
+        excluded += [params[name] for name in sorted(agc_exempt_names(model))]
+    return AGCHook(optimizer, clip, eps, excluded)
 
-    def __init__(
-        self,
-        optimizer: Optimizer,
-        model: nn.Module | None = None,
-        *,
-        clip: float = 0.01,
-        eps: float = 1e-3,
-        exclude: Iterable[torch.Tensor] = (),
-    ):
-        if not isinstance(optimizer, Optimizer):
-            raise TypeError(f"AGC wraps a torch.optim.Optimizer, got {type(optimizer).__name__}")
-        _check_clip(clip, eps)
-        excluded = list(exclude)
-        if model is not None:
-            params = dict(model.named_parameters())
-            excluded += [params[name] for name in sorted(agc_exempt_names(model))]
-        # Optimizer.__init__ would build param groups of its own; __setstate__ only sets up the
-        # hook tables and the step-profiling patch, which is what a wrapper needs.
-        self.__setstate__({
-            "optimizer": optimizer, "clip": clip, "eps": eps,
-            "_excluded": excluded,
-        })
 
-    # The wrapped optimizer's objects, looked up each time: load_state_dict replaces them.
-    param_groups = property(lambda self: self.optimizer.param_groups,
-                            lambda self, v: setattr(self.optimizer, "param_groups", v))
-    state = property(lambda self: self.optimizer.state,
-                     lambda self, v: setattr(self.optimizer, "state", v))
-    defaults = property(lambda self: self.optimizer.defaults,
-                        lambda self, v: setattr(self.optimizer, "defaults", v))
-
-    def clipped_parameters(self) -> list[torch.Tensor]:
-        """The parameters that ``step`` clips: every parameter of every group but the excluded."""
-        excluded = {id(p) for p in self._excluded}
-        return [p for g in self.param_groups for p in g["params"] if id(p) not in excluded]
-
-    @torch.no_grad()
-    def step(self, closure: Callable[[], float] | None = None) -> float | None:
-        """Evaluate ``closure`` (if any), clip the gradients, then step the wrapped optimizer.
-        An optimizer that re-evaluates the closure itself (LBFGS) sees unclipped re-evaluations."""
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        adaptive_grad_clip_(self.clipped_parameters(), self.clip, self.eps)
-        self.optimizer.step()
-        return loss
-
-    def zero_grad(self, set_to_none: bool = True) -> None:
-        self.optimizer.zero_grad(set_to_none=set_to_none)
-
-    def add_param_group(self, param_group: dict) -> None:
-        self.optimizer.add_param_group(param_group)
-
-    def state_dict(self) -> dict:
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state_dict: dict) -> None:
-        self.optimizer.load_state_dict(state_dict)
-
-    def __getstate__(self) -> dict:
-        return dict(self.__dict__)  # Optimizer's would keep only its (here delegated) fields
-
-    def __repr__(self) -> str:
-        return f"AGC(clip={self.clip}, eps={self.eps}, excluded={len(self._excluded)} params, {self.optimizer!r})"
+def attached_agc(optimizer: Optimizer) -> AGCHook | None:
+    """The AGC :func:`attach_agc` attached to ``optimizer``, or None."""
+    hook = _ATTACHED.get(optimizer)
+    return hook() if hook is not None else None

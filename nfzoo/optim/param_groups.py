@@ -15,7 +15,7 @@ classifier's bias *is* clipped, as in DeepMind's grouping.
 
 Every caller asks this module: the models' ``no_weight_decay``, the training recipe
 (:mod:`nfzoo.train.optimizer`), the fine-tuning optimizer (:mod:`nfzoo.downstream.finetune_optimizer`),
-the :class:`~nfzoo.optim.AGC` wrapper and the benchmark.
+the AGC hook (:func:`~nfzoo.optim.attach_agc`) and the benchmark.
 """
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def classifier_names(model: nn.Module) -> list[str]:
             except AttributeError as e:
                 raise ValueError(
                     f"pretrained_cfg['classifier'] = {name!r} is not a submodule of {type(model).__name__}; "
-                    "give the parameters AGC should leave alone explicitly (AGC(..., exclude=[...]))") from e
+                    "give the parameters AGC should leave alone explicitly (attach_agc(..., exclude=[...]))") from e
         return names
     get_classifier = getattr(model, "get_classifier", None)
     if callable(get_classifier) and isinstance(head := get_classifier(), nn.Module):
@@ -78,7 +78,7 @@ def classifier_names(model: nn.Module) -> list[str]:
         raise ValueError(
             f"{type(model).__name__} has no classifier this rule can find (no pretrained_cfg['classifier'], "
             "no get_classifier(), no nn.Linear); give the parameters AGC should leave alone explicitly "
-            "(AGC(..., exclude=[...]))")
+            "(attach_agc(..., exclude=[...]))")
     return linears[-1:]
 
 

@@ -9,8 +9,10 @@
   (OpenMMLab's 8-hex-digit prefixes count as such a record). A download is verified before it
   is moved into the cache, so a corrupt download never lands there. Removing a bad entry
   removes only what really lies inside the cache folder (:func:`_evict`).
-* :func:`fitting_filter` wraps a family's checkpoint filter with a key and shape check, so a
-  checkpoint made for another model fails with a message that says so.
+* :func:`fitting_filter` wraps a family's checkpoint filter with the key and shape check (the
+  one check of a load), so a checkpoint made for another model fails with a message that says so.
+
+:func:`unwrap_state_dict` is the first step of every family's checkpoint filter.
 """
 from __future__ import annotations
 
@@ -19,11 +21,12 @@ from pathlib import Path
 from typing import Any, Callable
 from urllib.parse import urlparse
 
+import torch
 import torch.hub
 import torch.nn as nn
 from huggingface_hub import hf_hub_download
 from huggingface_hub.errors import EntryNotFoundError
-from timm.models import resolve_pretrained_cfg
+from timm.models import clean_state_dict, resolve_pretrained_cfg
 
 from ..atomic_files import atomic_path
 from ..errors import CheckpointError, WeightsUnavailableError
@@ -33,7 +36,7 @@ from .files import check_sha256
 from .state_dict_fit import check_fits
 from .manifest import Checkpoint, manifest
 
-__all__ = ["resolve_pretrained_file", "fitting_filter", "HF_WEIGHTS_FILES"]
+__all__ = ["resolve_pretrained_file", "fitting_filter", "unwrap_state_dict", "HF_WEIGHTS_FILES"]
 
 # What timm looks for in a Hub repository, in its order; the manifest's sha256 is for the first.
 HF_WEIGHTS_FILES = ("model.safetensors", "pytorch_model.bin")
@@ -150,16 +153,28 @@ def _what(entry: Checkpoint | None) -> str:
     return entry.name if entry else "this file"
 
 
+def unwrap_state_dict(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The state dict inside a training checkpoint (``{'state_dict': ...}`` or ``{'model': ...}``),
+    without the prefixes DataParallel/DDP and ``torch.compile`` add (timm's ``clean_state_dict``)."""
+    for container in ("state_dict", "model"):
+        if isinstance(checkpoint.get(container), dict):
+            checkpoint = checkpoint[container]
+    return clean_state_dict(checkpoint)
+
+
 def fitting_filter(
         filter_fn: Callable[[dict, nn.Module], dict] | None,
+        **fit_options: Any,
 ) -> Callable[[dict, nn.Module], dict]:
-    """``filter_fn`` followed by a check that the result fits the model (see :func:`check_fits`)."""
+    """``filter_fn`` followed by a check that the result fits the model (see :func:`check_fits`;
+    ``fit_options`` are a family's ``optional`` keys and ``describe``)."""
     def filter_and_check(state_dict: dict, model: nn.Module) -> dict:
         if filter_fn is not None:
             state_dict = filter_fn(state_dict, model)
         cfg = model.pretrained_cfg
         source = cfg.get("file") or cfg.get("hf_hub_id") or cfg.get("url") or "the pretrained checkpoint"
-        check_fits(state_dict, model, source, skip=_names(cfg.get("classifier")), first_conv=cfg.get("first_conv"))
+        check_fits(state_dict, model, source, skip=_names(cfg.get("classifier")), first_conv=cfg.get("first_conv"),
+                   **fit_options)
         return state_dict
     return filter_and_check
 
