@@ -15,6 +15,7 @@ from torch.utils.data import TensorDataset
 
 from nfzoo import torchrun
 from nfzoo.atomic_files import atomic_open
+from nfzoo.layers.ablation_norms import clamp_gates_
 from nfzoo.train import TrainConfig, Trainer, fashion_mnist, read_metrics
 
 from .networks import BATCH_DEPENDENT, SmallNFResNet, SmallResNet
@@ -79,6 +80,8 @@ def _fit(setup: Setup, data, net: nn.Module, work: Path, batch: int, lr: float, 
                       progress=False)
     start = time.perf_counter()
     trainer = Trainer(net, data[0], cfg, data[1], env=torchrun.start(device))
+    # Batch-Instance Norm's gates stay in [0, 1]: clipped after every update, as in its paper
+    trainer.optimizer.register_step_post_hook(lambda *_: clamp_gates_(net))
     result = trainer.fit()
     if "eval_error" not in result and not result["diverged"]:  # resumed from a finished run's checkpoint
         result.update(trainer.evaluate())

@@ -141,3 +141,20 @@ def test_soft_targets_get_deepminds_label_smoothing():
     smoothed = 0.9 * y + 0.1 / 5
     expected = -(smoothed * torch.log_softmax(logits, 1)).sum(1).mean()
     torch.testing.assert_close(nn.CrossEntropyLoss(label_smoothing=0.1)(logits, y), expected)
+
+
+def test_the_cli_takes_the_nf_regnet_recipe_for_nf_regnets():
+    """``--recipe deepmind`` gives a ``dm_nf_regnet_*`` model DeepMind's NF-RegNet settings
+    (nf_regnet_recipe), flags on top; other models keep the NFNet recipe."""
+    from dataclasses import asdict
+
+    from nfzoo.models.dm_nf_regnet import nf_regnet_recipe
+    from nfzoo.train.train_cli import parse_args
+
+    recipe = asdict(nf_regnet_recipe("dm_nf_regnet_b2"))
+    args = parse_args(["--model", "dm_nf_regnet_b2", "--recipe", "deepmind", "--epochs", "3"])
+    assert {name: getattr(args, name) for name in recipe} == recipe | {"epochs": 3}
+    nfnet = parse_args(["--model", "nfnet_f0", "--recipe", "deepmind"])
+    assert nfnet.weight_decay == TrainConfig().weight_decay != recipe["weight_decay"]
+    small = parse_args(["--model", "dm_nf_regnet_b2"])  # the small-data recipe stays as it is
+    assert small.weight_decay == TrainConfig().weight_decay

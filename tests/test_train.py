@@ -269,3 +269,15 @@ def test_atomic_files_get_an_ordinary_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert (tmp_path / "c.pth").stat().st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_the_trainer_leaves_ablation_gates_alone(tmp_path):
+    """A step is the recipe's (forward, backward, AGC, update, schedule, EMA): Batch-Instance
+    Norm's gate clip belongs to the study that trains such a layer, not to the trainer."""
+    trainer = make_trainer(tmp_path, ema_decay=None)
+    for group in trainer.optimizer.param_groups:
+        group["lr"] = 0.0
+    with torch.no_grad():
+        trainer.model.norm.rho.fill_(2.0)
+    trainer.train_step(*tiny_dataset()[:16])
+    assert torch.equal(trainer.model.norm.rho, torch.full((8,), 2.0))

@@ -160,7 +160,8 @@ class BatchInstanceNorm2d(_RunningStats):
     ``y = (rho * x_hat_BN + (1 - rho) * x_hat_IN) * gamma + beta`` with a learnable per-channel
     gate ``rho`` initialised to 1 (pure batch norm) and kept in [0, 1] by clipping after each
     parameter update, as in the paper: call :func:`clamp_gates_` after ``optimizer.step()``
-    (``nfzoo.train`` does). The batch part uses running statistics in evaluation.
+    (e.g. as its ``register_step_post_hook``, as reproduction/experiments.py does). The batch
+    part uses running statistics in evaluation.
     """
 
     def __init__(self, num_channels: int, eps: float = 1e-5, momentum: float = 0.1, device=None, dtype=None,

@@ -6,7 +6,9 @@
 
 Every field of :class:`~nfzoo.train.config.TrainConfig` is a flag. The defaults fit a small
 dataset (``--recipe small``); ``--recipe deepmind`` takes DeepMind's ImageNet recipe (global batch
-4096, 360 epochs, 5 warmup epochs); a flag given on the command line overrides either. Rerunning
+4096, 360 epochs, 5 warmup epochs), for a ``dm_nf_regnet_*`` model that of DeepMind's NF-RegNets
+(:func:`nfzoo.models.dm_nf_regnet.nf_regnet_recipe`); a flag given on the command line overrides
+any of them. Rerunning
 the same command continues from ``<output-dir>/last.pth``; docs/training.md lists the flags a
 resumed run may change.
 """
@@ -15,7 +17,7 @@ from __future__ import annotations
 import argparse
 import functools
 import sys
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -31,6 +33,7 @@ from .. import torchrun
 from ..cli import (ArgumentParser, existing_dir, existing_file, float_in, non_negative_float, non_negative_int,
                    output_dir, positive_float, positive_int, run_cli)
 from ..errors import NfzooError
+from ..models.dm_nf_regnet import VARIANTS as NF_REGNET_VARIANTS, nf_regnet_recipe
 from .augment import DeepMindBatchAugment, randaugment_magnitude, train_transform
 from .config import TrainConfig, TrainConfigError
 from .data import FASHION_MNIST_CLASSES, FASHION_MNIST_DATA_CONFIG, FASHION_MNIST_DIR, fashion_mnist
@@ -97,9 +100,17 @@ _FIELD_FLAGS: dict[str, tuple[Callable[[str], object] | None, str]] = {
 }
 
 
-def _recipe_defaults(recipe: str) -> dict:
-    """Every TrainConfig field's default under ``recipe``."""
-    return {**{f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING}, **RECIPES[recipe]}
+NF_REGNET_PREFIX = "dm_nf_regnet_"  # DeepMind's NF-RegNets, which have a recipe of their own
+
+
+def _recipe_defaults(recipe: str, model: str = "") -> dict:
+    """Every TrainConfig field's default under ``recipe`` for ``model``: DeepMind's recipe of a
+    ``dm_nf_regnet_*`` model is the NF-RegNets' own."""
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING} | RECIPES[recipe]
+    arch = model.split(".")[0]
+    if recipe == "deepmind" and arch.removeprefix(NF_REGNET_PREFIX) in NF_REGNET_VARIANTS:
+        defaults |= asdict(nf_regnet_recipe(arch))
+    return defaults
 
 
 def build_parser() -> ArgumentParser:
@@ -108,7 +119,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--model", required=True, help="a timm model name (nfzoo's models included), e.g. nfnet_f0")
     p.add_argument("--recipe", choices=sorted(RECIPES), default=DEFAULT_RECIPE,
                    help="defaults for the sizes: small (batch 128, 10 epochs, 1 warmup epoch) or deepmind "
-                        "(DeepMind's ImageNet recipe: batch 4096, 360 epochs, 5 warmup epochs); flags override it")
+                        "(DeepMind's ImageNet recipe: batch 4096, 360 epochs, 5 warmup epochs; for dm_nf_regnet_* "
+                        "models the NF-RegNets' recipe); flags override it")
     p.add_argument("--dataset", choices=("fashion_mnist", "folder"), default="fashion_mnist",
                    help="folder: <data-dir>/train and <data-dir>/val in ImageFolder layout (a folder per class)")
     p.add_argument("--data-dir", type=existing_dir, default=None,
@@ -152,7 +164,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.recipe != DEFAULT_RECIPE:
-        parser.set_defaults(**_recipe_defaults(args.recipe))
+        parser.set_defaults(**_recipe_defaults(args.recipe, args.model))
         args = parser.parse_args(argv)
     return args
 

@@ -20,7 +20,6 @@ from tqdm import tqdm
 
 from .. import torchrun
 from ..atomic_files import remove_stale_temporaries
-from ..layers.ablation_norms import clamp_gates_
 from ..optim.param_groups import agc_parameters
 from ..errors import CheckpointError
 from .run_state import (load_checkpoint, read_model_config, rng_state, save_checkpoint, set_rng_state,
@@ -156,7 +155,6 @@ class Trainer:
         clip_gradients(self.agc_params, self.agc_clip)
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        clamp_gates_(self.model)
         self.step += 1
         self.scheduler.step_update(self.step)
         if self.ema is not None:
