@@ -283,6 +283,16 @@ def hub_config(config: dict, entry: Checkpoint | None = None) -> dict:
     return config
 
 
+# The card's metadata that every published folder shares (Hub front matter).
+_CARD_TAGS = "tags:\n- image-classification\n- timm\n- nfzoo\nlibrary_name: timm\n"
+
+
+def _measured_row(measured: Measured | None) -> str:
+    """The card's accuracy table row of the measured accuracy."""
+    return (f"| measured ({measured.setup}) | {measured.top1:.2f} | {measured.top5:.2f} |"
+            if measured else "| measured | not yet measured | |")
+
+
 def _percent(value: float | None) -> str:
     return "not published" if value is None else f"{value:.2f}"
 
@@ -295,8 +305,7 @@ def model_card(entry: Checkpoint, origin: Provenance, measured: Measured | None,
     card names has one digest. ``in_chans`` 1 adds how transformers' pipeline gets one channel."""
     cite = paper(entry.paper)
     license_ = entry.license if entry.license != "unspecified" else "other"
-    measured_row = (f"| measured ({measured.setup}) | {measured.top1:.2f} | {measured.top5:.2f} |"
-                    if measured else "| measured | not yet measured | |")
+    measured_row = _measured_row(measured)
     if origin.verified:
         about = (f"{cite.title} ({entry.paper}): {entry.dataset} weights {_ORIGIN[entry.source_format]}, "
                  f"in the layout of nfzoo (a timm plugin).\n\n- Source file: {origin.source}\n"
@@ -313,12 +322,7 @@ def model_card(entry: Checkpoint, origin: Provenance, measured: Measured | None,
                  f"and published accuracy do not apply to them.")
         expected_row, license_note = "", ""
     return f"""---
-tags:
-- image-classification
-- timm
-- nfzoo
-library_name: timm
-license: {license_}
+{_CARD_TAGS}license: {license_}
 datasets:
 - {entry.dataset}
 ---
@@ -397,15 +401,9 @@ def trained_model_card(repo_id: str, config: dict[str, Any], run: dict[str, Any]
              f"`{run['model']}` with random initial weights")
     c, h, w = config["input_size"]
     names = ", ".join(f"`{n}`" for n in config["label_names"])
-    measured_row = (f"| measured ({measured.setup}) | {measured.top1:.2f} | {measured.top5:.2f} |"
-                    if measured else "| measured | not yet measured | |")
+    measured_row = _measured_row(measured)
     return f"""---
-tags:
-- image-classification
-- timm
-- nfzoo
-library_name: timm
----
+{_CARD_TAGS}---
 # {repo_id}
 
 `{config['architecture']}` (nfzoo, a timm plugin), trained with `python -m nfzoo.train` (nfzoo's NFNet recipe)
