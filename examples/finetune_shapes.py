@@ -12,7 +12,7 @@ import argparse
 import nfzoo  # noqa: F401  (registers the zoo models with timm)
 from nfzoo.downstream import deeplabv3, faster_rcnn, mask_rcnn, use_estimated_batch_stats
 from nfzoo.downstream.finetune import finetune
-from nfzoo.downstream.finetune_optimizer import create_optimizer
+from nfzoo.downstream import create_optimizer
 from nfzoo.downstream.shapes import CLASSES, ShapesDataset
 
 BUILDERS = {"faster_rcnn": faster_rcnn, "mask_rcnn": mask_rcnn, "deeplabv3": deeplabv3}

@@ -13,10 +13,10 @@ import nfzoo  # noqa: F401  (registers the zoo models)
 from nfzoo.downstream import (
     FeatureBackbone, deeplabv3, faster_rcnn, feature_backbone, mask_rcnn, use_estimated_batch_stats)
 from nfzoo.downstream.finetune import finetune
-from nfzoo.downstream.finetune_optimizer import create_optimizer, param_groups
+from nfzoo.downstream import create_optimizer
 from nfzoo.downstream.shapes import CLASSES, ShapesDataset, collate
 from nfzoo.layers import BatchChannelNorm2d, EstimatedBatchNorm2d, ScaledStdConv2d, WSConv2d
-from nfzoo.optim import attached_agc
+from nfzoo.optim import attached_agc, weight_decay_groups
 
 # A narrow NFNet-F0 (same blocks, scaled-WS convs, gains, SE; fewer and thinner layers).
 SMALL_NFNET = dict(depths=(1, 1, 1, 1), widths=(32, 64, 64, 64), stem_width=16, group_width=16)
@@ -168,7 +168,7 @@ def test_estimated_batch_stats_make_each_image_independent_of_the_batch():
 
 def test_param_groups_decay_only_conv_and_linear_weights():
     model = _detector(faster_rcnn, "nfnet")
-    groups = param_groups(model, weight_decay=1e-4)
+    groups = weight_decay_groups(model, weight_decay=1e-4)
     decayed = {id(p) for g in groups if g["weight_decay"] > 0 for p in g["params"]}
     undecayed = {id(p) for g in groups if g["weight_decay"] == 0 for p in g["params"]}
     assert not decayed & undecayed
@@ -183,7 +183,7 @@ def test_param_groups_decay_only_conv_and_linear_weights():
     assert gains and all(g.dim() == 4 and id(g) in undecayed for g in gains)  # 4-d, not caught by timm's 1-d rule
 
     bcn = feature_backbone("resnet50_bcn_ws")
-    undecayed = {id(p) for g in param_groups(bcn, 1e-4) if g["weight_decay"] == 0 for p in g["params"]}
+    undecayed = {id(p) for g in weight_decay_groups(bcn, 1e-4) if g["weight_decay"] == 0 for p in g["params"]}
     per_group = [m.weight for m in bcn.modules() if isinstance(m, BatchChannelNorm2d)]
     assert per_group and all(w.shape == (1, 32, 1) and id(w) in undecayed for w in per_group)
 

@@ -6,12 +6,12 @@ import timm.optim
 import torch
 import torch.nn as nn
 
-from nfzoo.downstream.finetune_optimizer import create_optimizer, param_groups
+from nfzoo.downstream import create_optimizer
 from nfzoo.layers import SqueezeExcite
 from nfzoo.optim import DEEPMIND_BATCH, DEEPMIND_CLIP, attach_agc, attached_agc, clip_for_batch
-from nfzoo.optim.param_groups import agc_parameters
+from nfzoo.optim.param_groups import agc_parameters, weight_decay_groups
 from nfzoo.train import TrainConfig
-from nfzoo.train.optimizer import build_optimizer
+from nfzoo.train.sgd import build_optimizer
 from nfzoo.train.train_cli import build_parser
 
 SMALL_NFNET = dict(depths=(1, 1, 1, 1), widths=(32, 64, 64, 64), stem_width=16, group_width=16)
@@ -69,7 +69,7 @@ def test_every_caller_uses_the_same_groups(name):
     everything = {n for n, _ in model.named_parameters()}
     assert set(model.no_weight_decay()) == no_decay
     assert undecayed(model, build_optimizer(model, TrainConfig()).param_groups) == no_decay
-    assert undecayed(model, param_groups(model, 1e-4)) == no_decay
+    assert undecayed(model, weight_decay_groups(model, 1e-4)) == no_decay
     # timm's own factory, which reads model.no_weight_decay()
     assert undecayed(model, timm.optim.create_optimizer_v2(model, "sgd", lr=0.1, weight_decay=1e-4).param_groups) \
         == no_decay

@@ -13,7 +13,7 @@ import nfzoo  # noqa: F401
 from nfzoo.models.nfnet import NFBlock
 from nfzoo.optim import adaptive_grad_clip_, attach_agc
 from nfzoo.train import TrainConfig, Trainer
-from nfzoo.train.optimizer import clip_gradients
+from nfzoo.train.sgd import clip_gradients
 from test_agc import reference_clip
 
 CLIP = 0.01
@@ -84,7 +84,7 @@ def test_a_training_step_applies_exactly_the_clipped_gradient(tmp_path):
 
 def test_the_downstream_optimizer_clips_the_backbone_exactly():
     from test_downstream import _detector, faster_rcnn
-    from nfzoo.downstream.finetune_optimizer import create_optimizer
+    from nfzoo.downstream import create_optimizer
 
     model = _detector(faster_rcnn, "nfnet")
     optimizer = create_optimizer(model, lr=0.1, agc_clip=CLIP)

@@ -18,7 +18,7 @@ from nfzoo.layers import DropPath, ScaledStdConv2d
 from nfzoo.layers.ablation_norms import BatchInstanceNorm2d
 from nfzoo.train import CHECKPOINT_NAME, TrainConfig, Trainer, fashion_mnist, load_checkpoint, read_metrics, save_checkpoint
 from nfzoo.optim.param_groups import agc_parameters
-from nfzoo.train.optimizer import build_optimizer
+from nfzoo.train.sgd import build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -1,4 +1,5 @@
-"""A small fine-tuning loop for the downstream models, measuring images/s and peak memory.
+"""Fine-tuning the downstream models: their optimizer (:func:`create_optimizer`), and a small
+loop that measures images/s and peak memory (:func:`finetune`).
 
 It trains any of the builders' models (detection: the sum of torchvision's losses; DeepLabV3:
 per-pixel cross-entropy on the ``semantic`` maps) on a dataset in :mod:`.shapes`' format. It is
@@ -11,17 +12,49 @@ import resource
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from timm.optim import create_optimizer_v2
 from torch.utils.data import DataLoader, Dataset
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 
+from ..optim import agc_parameters, attach_agc, weight_decay_groups
+from .backbone import FeatureBackbone
 from .shapes import collate
 
-__all__ = ["FinetuneResult", "finetune"]
+__all__ = ["FinetuneResult", "create_optimizer", "finetune"]
+
+
+def create_optimizer(
+    model: nn.Module,
+    lr: float,
+    *,
+    opt: str = "momentum",
+    weight_decay: float = 1e-4,
+    agc_clip: float | None = None,
+    **opt_kwargs: Any,
+) -> torch.optim.Optimizer:
+    """``timm.optim.create_optimizer_v2`` over :func:`nfzoo.optim.weight_decay_groups` (decay on
+    the weights of convolutions and linear layers only; frozen parameters left out) (``opt`` is a timm optimizer
+    name: ``'momentum'`` is SGD with momentum 0.9, ``'sgd'`` adds Nesterov, ``'adamw'`` ...).
+
+    ``agc_clip`` attaches AGC with that threshold (:func:`nfzoo.optim.attach_agc`; its hook is
+    ``nfzoo.optim.attached_agc(optimizer)``), for NF backbones. In a
+    model built by :mod:`nfzoo.downstream` only the backbone is clipped: AGC is what stabilizes
+    the normalizer-free network, the FPN and heads are normalized, and the final predictors are
+    the layers the NFNet paper leaves unclipped. In a plain timm model the classifier's weight is
+    excluded, as in DeepMind's recipe.
+    """
+    optimizer = create_optimizer_v2(weight_decay_groups(model, weight_decay), opt=opt, lr=lr, **opt_kwargs)
+    if agc_clip is None:
+        return optimizer
+    backbones = [m for m in model.modules() if isinstance(m, FeatureBackbone)]
+    clipped = {id(p) for p in agc_parameters(model, within=backbones or None)}
+    attach_agc(optimizer, clip=agc_clip, exclude=[p for p in model.parameters() if id(p) not in clipped])
+    return optimizer
 
 
 @dataclass

@@ -14,7 +14,7 @@ SkipInit gains, biases); AGC clips every parameter but the classifier's ``weight
 classifier's bias *is* clipped, as in DeepMind's grouping.
 
 Every caller asks this module: the models' ``no_weight_decay``, the training recipe
-(:mod:`nfzoo.train.optimizer`), the fine-tuning optimizer (:mod:`nfzoo.downstream.finetune_optimizer`),
+(:mod:`nfzoo.train.sgd`), the fine-tuning optimizer (:func:`nfzoo.downstream.create_optimizer`),
 the AGC hook (:func:`~nfzoo.optim.attach_agc`) and the benchmark.
 """
 from __future__ import annotations

@@ -170,5 +170,6 @@ class DeepMindBatchAugment:
         if self.randaugment is not None:
             pil = [TF.to_pil_image(img) for img in x.clamp_(0, 255).to(torch.uint8)]
             # RandAugment's ops and grey fill are RGB's; a grayscale image goes through as grey RGB (exact)
-            x = torch.stack([TF.pil_to_tensor(self.randaugment(img.convert("RGB")).convert(img.mode)) for img in pil]).float()
+            x = torch.stack([TF.pil_to_tensor(self.randaugment(img.convert("RGB")).convert(img.mode))
+                             for img in pil]).float()
         return (x - self.mean) / self.std, y

@@ -1,4 +1,5 @@
-"""Optimizer, schedule and gradient clipping of the NFNet recipe, built from timm's pieces."""
+"""The NFNet recipe's update: SGD with Nesterov momentum and weight decay on conv and linear weights
+only, its warmup-cosine schedule, and gradient clipping; built from timm's pieces."""
 from __future__ import annotations
 
 import torch

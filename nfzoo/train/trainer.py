@@ -27,7 +27,7 @@ from .run_state import (load_checkpoint, read_model_config, rng_state, save_chec
 from .config import TrainConfig
 from .ema import TF1WarmupEma
 from .metrics_log import MetricsLog, MetricsPlot, read_metrics
-from .optimizer import build_optimizer, build_scheduler, clip_gradients
+from .sgd import build_optimizer, build_scheduler, clip_gradients
 from .precision import autocast_dtype, cast_forward
 from .steps import StepBatchSampler, total_steps, warmup_steps
 
