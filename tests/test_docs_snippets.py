@@ -6,7 +6,8 @@ virtual environment first on ``PATH``, offline, and with caches in the scratch f
 comments on the lines right above a block's fence adjust it:
 
 - ``<!-- ci-skip: reason -->``: not run here (ImageNet, a GPU, the network); the test reports
-  the block as skipped with the reason (``pytest -rs``).
+  the block as skipped with the reason (``pytest -rs``). A block too slow for CI says
+  ``slow: <what>, covered by tests/<file>::<test>``, naming the test that runs the same thing.
 - ``<!-- ci-append: ARGS -->``: ARGS are appended to each command of the block (before its
   ``# comment``; not to the file steps ``mkdir``, ``ln``, ``cp``, ``cd``, ``export``), to run it at
   a tiny size (argparse takes the last value of a repeated flag).
@@ -98,7 +99,7 @@ def _commands_with(code: str, extra: str) -> str:
     joined first)."""
     if not extra:
         return code
-    joined = re.sub(r"\\\n\s*", " ", code)
+    joined = re.sub(r"\s*\\\n\s*", " ", code)
     commands = [(line, line.split()[0]) for line in joined.splitlines() if line.strip()]
     return "\n".join(line if first.startswith("#") or first in FILE_STEPS else _with_args(line, extra)
                      for line, first in commands) + "\n"
@@ -161,3 +162,9 @@ def test_doc_block_runs(block: Block, tmp_path: Path):
     result = subprocess.run(cmd, cwd=work, env=env, capture_output=True, text=True, timeout=TIMEOUT_S)
     assert result.returncode == 0, (f"{block.name} failed (exit {result.returncode}):\n{block.code}\n"
                                     f"stdout:\n{result.stdout[-3000:]}\nstderr:\n{result.stderr[-3000:]}")
+
+
+def test_ci_append_goes_before_a_trailing_comment_and_not_into_file_steps():
+    code = "mkdir -p d && ln -s a d/b\n# a note\nrun --x 'a # b' \\\n    --y 1   # the comment\nrun\n"
+    assert _commands_with(code, "--tiny") == (
+        "mkdir -p d && ln -s a d/b\n# a note\nrun --x 'a # b' --y 1 --tiny  # the comment\nrun --tiny\n")
