@@ -127,21 +127,23 @@ def test_the_docs_have_runnable_blocks():
 
 SKIPPED = [b for b in ALL_BLOCKS if b.lang in RUNNABLE and b.skip is not None]
 PLACEHOLDERS = {"", "todo", "tbd", "fixme", "skip", "skipped", "reason", "n/a", "none", "...", "wip"}
-COVERED_BY = re.compile(r"covered by (?P<file>[\w/]+\.py)::(?P<test>\w+)")
+TEST_NAMED = re.compile(r"(?P<file>[\w/]+/test_\w+\.py)(?:::(?P<test>\w+))?")
 
 
 def test_every_skipped_block_says_why():
     """Each skipped block gives a reason (what it needs that CI lacks: ImageNet, a GPU, the Hub,
-    ...), and a slow one names the test that runs the same thing."""
+    ...), a slow one names the test that runs the same thing, and every test a reason names exists."""
     print(f"{len(SKIPPED)} of {sum(b.lang in RUNNABLE for b in ALL_BLOCKS)} bash/python blocks skipped")
     vague = [b.name for b in SKIPPED if b.skip.strip(" .:").lower() in PLACEHOLDERS or len(b.skip.split()) < 3]
     assert not vague, f"ci-skip without a reason (say what the block needs that CI lacks): {vague}"
     for block in SKIPPED:
+        named = list(TEST_NAMED.finditer(block.skip))
         if block.skip.startswith("slow:"):
-            covered = COVERED_BY.search(block.skip)
-            assert covered, f"{block.name}: a slow block names its test: 'covered by tests/<file>::<test>'"
-            source = ROOT / covered["file"]
-            assert source.is_file() and f"def {covered['test']}(" in source.read_text(), block.name
+            assert any(m["test"] for m in named), f"{block.name}: a slow block says 'covered by tests/<file>::<test>'"
+        for m in named:
+            source = ROOT / m["file"]
+            assert source.is_file(), f"{block.name}: {m['file']} does not exist"
+            assert m["test"] is None or f"def {m['test']}(" in source.read_text(), f"{block.name}: no {m[0]}"
 
 
 @pytest.mark.parametrize("block", [b for b in ALL_BLOCKS if b.lang in RUNNABLE], ids=lambda b: b.name)
