@@ -17,7 +17,7 @@ from eval_helpers import odd_items, planted_expectation, solid_image, write_plan
 from nfzoo.evaluation import EvaluationError
 from nfzoo.evaluation.sources import image_folder
 from nfzoo.torchrun import start
-from test_eval_distributed import _evaluate, _source, _worker
+from test_evaluation_sharding import _evaluate, _source, _worker
 
 
 def _png_that_pil_rejects_with_syntax_error() -> bytes:
