@@ -147,7 +147,7 @@ def test_temporaries_of_live_writers_are_kept(tmp_path):
 
 
 def test_the_trainer_start_removes_what_killed_checkpoint_writes_left(tmp_path):
-    from test_train import make_trainer
+    from test_train_trainer import make_trainer
 
     from nfzoo.train import CHECKPOINT_NAME
 

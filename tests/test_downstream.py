@@ -17,6 +17,7 @@ from nfzoo.downstream import create_optimizer
 from nfzoo.downstream.shapes import CLASSES, ShapesDataset, collate
 from nfzoo.layers import BatchChannelNorm2d, EstimatedBatchNorm2d, ScaledStdConv2d, WSConv2d
 from nfzoo.optim import attached_agc, weight_decay_groups
+from test_optim_agc import CLIP, reference_clip
 
 # A narrow NFNet-F0 (same blocks, scaled-WS convs, gains, SE; fewer and thinner layers).
 SMALL_NFNET = dict(depths=(1, 1, 1, 1), widths=(32, 64, 64, 64), stem_width=16, group_width=16)
@@ -260,3 +261,17 @@ def test_bad_inputs_get_clear_errors():
         model([])
     with pytest.raises(ValueError, match="fewer than batch_size"):
         finetune(model, ShapesDataset(1, SIZE), create_optimizer(model, 0.01), steps=2, batch_size=2)
+
+
+def test_the_downstream_optimizer_clips_the_backbone_exactly():
+    from test_downstream import _detector, faster_rcnn
+    from nfzoo.downstream import create_optimizer
+
+    model = _detector(faster_rcnn, "nfnet")
+    optimizer = create_optimizer(model, lr=0.1, agc_clip=CLIP)
+    conv = model.backbone.features.body.get_submodule("stages_3").get_submodule("0").conv1
+    for p in model.parameters():
+        p.grad = torch.full_like(p, 1e3)
+    expected = reference_clip(conv.weight.detach().clone(), conv.weight.grad, CLIP, 1e-3)
+    optimizer.step()
+    torch.testing.assert_close(conv.weight.grad, expected, rtol=1e-5, atol=0)

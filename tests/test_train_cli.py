@@ -24,7 +24,7 @@ from nfzoo.train.run_state import MODEL_CONFIG_KEYS, read_model_config
 from nfzoo.train.config import TrainConfigError
 from nfzoo.train.metrics_log import MetricsLog
 from nfzoo.train.train_cli import build_parser, main
-from test_train import REPO, TinyNet, tiny_dataset, write_fake_fashion_mnist
+from test_train_trainer import REPO, TinyNet, tiny_dataset, write_fake_fashion_mnist
 
 N_TRAIN = 16
 

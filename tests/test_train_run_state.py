@@ -8,7 +8,7 @@ from torch.utils.data import TensorDataset
 
 from nfzoo.train import CHECKPOINT_NAME, Trainer, TrainConfig, load_checkpoint, read_metrics, save_checkpoint
 from nfzoo.errors import CheckpointError
-from test_train import make_trainer
+from test_train_trainer import make_trainer
 
 
 class _Planted:

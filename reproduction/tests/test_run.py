@@ -11,7 +11,7 @@ import torch
 from reproduction import experiments, run as study
 from reproduction.experiments import Setup
 from tests.cli_helpers import assert_one_line_error
-from tests.test_train import write_fake_fashion_mnist
+from tests.test_train_trainer import write_fake_fashion_mnist
 
 
 class _Killed(Exception):

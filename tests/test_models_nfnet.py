@@ -16,7 +16,7 @@ import nfzoo
 from _nf_reference import NFNET_PARAMS, nfnet_logits, nfnet_param_count
 from nfzoo.models.nfnet import checkpoint_filter_fn
 from nfzoo.weights.loading import fitting_filter
-from nfzoo.models.nfnet import NFNet, NFNetCfg
+from nfzoo.models.nfnet import NFBlock, NFNet, NFNetCfg
 
 # params (M) and GMACs at the test size as timm's dm_nfnet_f* (the same architecture) has them;
 # test px from the variant table of DeepMind's nfnets/nfnet.py
@@ -357,3 +357,14 @@ def test_plus_cfgs_and_recipe_are_fns(variant):
     assert not timm.list_pretrained(f"nfnet_f{variant}_plus*")
     with pytest.raises(RuntimeError, match="No pretrained weights exist"):
         meta_model(f"nfnet_f{variant}_plus", pretrained=True)
+
+
+@pytest.mark.parametrize("name", ["nfnet_f0", "dm_nf_resnet152"])
+def test_skipinit_gains_start_at_zero_so_every_block_starts_as_the_identity(name):
+    model = timm.create_model(name).eval()
+    blocks = [m for m in model.modules() if isinstance(m, NFBlock)]
+    assert blocks and all(b.skipinit_gain.item() == 0.0 for b in blocks)
+    block = model.stages[1][1]  # no shortcut conv: the block is x + alpha * gain * f(x)
+    x = torch.randn(1, block.conv1.in_channels, 8, 8)
+    with torch.no_grad():
+        assert torch.equal(block(x), x)

@@ -26,6 +26,7 @@ def reference_clip(weight: torch.Tensor, grad: torch.Tensor, clip: float, eps: f
     return out
 
 
+CLIP = 0.01
 SHAPES = [(8, 4, 3, 3), (16, 8, 1, 1), (5, 7), (8, 1, 1, 1), (8,), (), (1, 6), (6, 1), (4, 2, 3)]
 
 
@@ -259,3 +260,27 @@ def test_remove_detaches_and_one_agc_per_optimizer():
     attach_agc(opt, model)  # and another may be attached
     opt.step()
     assert not torch.equal(model.conv.weight.grad, grads[0])
+
+
+def _zero_weight_with_gradient():
+    p = nn.Parameter(torch.zeros(3, 4))
+    p.grad = torch.full((3, 4), 5.0)
+    return p
+
+
+def _unit_norms(t):
+    return t.flatten(1).norm(dim=1)
+
+
+def test_the_function_default_eps_is_1e_3():
+    p = _zero_weight_with_gradient()
+    adaptive_grad_clip_([p], clip=CLIP)  # a zero weight: the floor eps sets the allowed norm
+    torch.testing.assert_close(_unit_norms(p.grad), torch.full((3,), CLIP * 1e-3), rtol=1e-6, atol=0)
+
+
+def test_the_wrapper_default_eps_is_1e_3():
+    p = _zero_weight_with_gradient()
+    optimizer = torch.optim.SGD([p], lr=1.0)
+    attach_agc(optimizer, clip=CLIP)
+    optimizer.step()
+    torch.testing.assert_close(_unit_norms(p.detach()), torch.full((3,), CLIP * 1e-3), rtol=1e-6, atol=0)

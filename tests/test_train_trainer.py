@@ -19,6 +19,7 @@ from nfzoo.layers.ablation_norms import BatchInstanceNorm2d
 from nfzoo.train import CHECKPOINT_NAME, TrainConfig, Trainer, fashion_mnist, load_checkpoint, read_metrics, save_checkpoint
 from nfzoo.optim.param_groups import agc_parameters
 from nfzoo.train.sgd import build_optimizer
+from test_optim_agc import CLIP, reference_clip
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -281,3 +282,25 @@ def test_the_trainer_leaves_ablation_gates_alone(tmp_path):
         trainer.model.norm.rho.fill_(2.0)
     trainer.train_step(*tiny_dataset()[:16])
     assert torch.equal(trainer.model.norm.rho, torch.full((8,), 2.0))
+
+
+def test_a_training_step_applies_exactly_the_clipped_gradient(tmp_path):
+    """The trainer's update with lr 1 and no momentum or decay is minus the clipped gradient,
+    unit by unit, computed here from the same loss and the paper's rule."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(1, 6, 3), nn.ReLU(), nn.Flatten(), nn.Linear(6 * 36, 4))
+    with torch.no_grad():
+        model[0].weight[:2].zero_()  # two zero units: clipped against the eps floor
+    data = TensorDataset(torch.randn(16, 1, 8, 8), torch.arange(16) % 4)
+    cfg = TrainConfig(epochs=1, batch_size=16, lr=1.0, momentum=0.0, nesterov=False, weight_decay=0.0,
+                      agc_clip=CLIP, ema_decay=None, warmup_epochs=0, progress=False, output_dir=str(tmp_path))
+    reference = copy.deepcopy(model)
+    trainer = Trainer(model, data, cfg)
+    x, y = data[:16]
+    nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)(reference(x), y).backward()
+    w0 = reference[0].weight.detach().clone()
+    expected = reference_clip(w0, reference[0].weight.grad, CLIP, 1e-3)
+    assert not torch.equal(expected, reference[0].weight.grad)  # the clip is active
+    trainer.train_step(x, y)
+    # atol: a float32 weight of ~0.3 holds its update to about 3e-8
+    torch.testing.assert_close(w0 - trainer.model[0].weight.detach(), expected, rtol=1e-5, atol=1e-7)
