@@ -39,3 +39,12 @@ def test_models_keep_the_init():
     assert w.abs().max() <= 2 and w.abs().max() > 1.99
     conv = torch.cat([b.conv3.weight.flatten() * b.conv3.weight[0].numel() ** 0.5 for s in model.stages for b in s])
     assert conv.abs().max() > 3  # the convs' normal is not truncated
+
+
+def test_squeeze_excite_is_twice_the_sigmoid_gate():
+    torch.manual_seed(0)
+    se = SqueezeExcite(6, 3)
+    x = torch.randn(2, 6, 5, 4)
+    h = torch.relu(x.mean((2, 3)) @ se.fc1.weight.flatten(1).T + se.fc1.bias)
+    gate = 2 * torch.sigmoid(h @ se.fc2.weight.flatten(1).T + se.fc2.bias)
+    assert torch.allclose(se(x), x * gate[:, :, None, None], atol=1e-6)

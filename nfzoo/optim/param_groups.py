@@ -15,7 +15,7 @@ classifier's bias *is* clipped, as in DeepMind's grouping.
 
 Every caller asks this module: the models' ``no_weight_decay``, the training recipe
 (:mod:`nfzoo.train.sgd`), the fine-tuning optimizer (:func:`nfzoo.downstream.create_optimizer`),
-the AGC hook (:func:`~nfzoo.optim.attach_agc`) and the benchmark.
+and the AGC hook (:func:`~nfzoo.optim.attach_agc`).
 """
 from __future__ import annotations
 
