@@ -76,18 +76,19 @@ def _number(kind: type, text: str) -> int | float:
     return value
 
 
-def positive_int(text: str) -> int:
-    value = _number(int, text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{value} must be at least 1")
+def _at_least(kind: type, text: str, low: int, strict: bool) -> int | float:
+    value = _number(kind, text)
+    if value < low or (strict and value == low):
+        raise argparse.ArgumentTypeError(f"{value} must be {'greater than' if strict else 'at least'} {low}")
     return value
+
+
+def positive_int(text: str) -> int:
+    return _at_least(int, text, 1, strict=False)
 
 
 def non_negative_int(text: str) -> int:
-    value = _number(int, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+    return _at_least(int, text, 0, strict=False)
 
 
 def finite_float(text: str) -> float:
@@ -95,17 +96,11 @@ def finite_float(text: str) -> float:
 
 
 def positive_float(text: str) -> float:
-    value = _number(float, text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"{value} must be greater than 0")
-    return value
+    return _at_least(float, text, 0, strict=True)
 
 
 def non_negative_float(text: str) -> float:
-    value = _number(float, text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"{value} must be 0 or more")
-    return value
+    return _at_least(float, text, 0, strict=False)
 
 
 def float_in(low: float, high: float, *, low_open: bool = False, high_open: bool = False) -> Callable[[str], float]:
