@@ -251,8 +251,9 @@ def check_output_dir(path: str | os.PathLike, overwrite: bool = False,
             raise UnsafeOutputError(errno.EEXIST, f"the output folder {path} is, holds or lies inside the input "
                                                   f"{source}; name a folder apart from it", str(path))
     if not overwrite and path.is_dir() and any(path.iterdir()):
-        raise UnsafeOutputError(errno.EEXIST, f"{path} already holds files; name a new or empty folder, or allow "
-                                              "replacing the files nfzoo writes there (other files are kept)",
+        raise UnsafeOutputError(errno.EEXIST, f"{path} already holds files; name a new or empty folder, or let nfzoo "
+                                              "replace the files it writes there (--overwrite, or overwrite=True; "
+                                              "other files are kept)",
                                 str(path))
 
 
